@@ -1,0 +1,98 @@
+"""MySQL and MariaDB (PyMySQL): ``GET_LOCK`` named locks, chunked large contents."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection, Insert, Select, Table, func
+from sqlalchemy.dialects.mysql import insert
+from sqlalchemy.exc import DBAPIError
+
+from ..errors import DatabaseError, LockTimeoutError
+from .base import DialectStrategy
+
+# Server and client error numbers worth one more try on a fresh connection:
+# deadlock, server shutdown, connection killed, gone away, lost, cannot connect.
+_TRANSIENT = frozenset({1213, 1053, 1927, 2006, 2013, 2003, 4031})
+_LOCK_WAIT_TIMEOUT = 1205
+
+
+def lock_name(key: bytes) -> str:
+    """A ``GET_LOCK`` name for a lock digest: 41 characters, under the 64 allowed."""
+    return "sqlstore/" + key.hex()
+
+
+class MySQLStrategy(DialectStrategy):
+    """Locks are session-level ``GET_LOCK`` names, released after the transaction ends.
+
+    ``max_allowed_packet`` (16 MiB by default on MariaDB) bounds a whole statement, so
+    contents above :attr:`chunk_size` are stored as several rows.
+    """
+
+    names = ("mysql", "mariadb")
+    chunk_size = 1 << 20
+    max_content_size = 1 << 30
+    lock_scope = "one (namespace, path) pair; other paths do not wait"
+
+    def upsert(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        source: Select[Any],
+        replace: Sequence[str],
+        touch: str,
+    ) -> Insert:
+        stmt = insert(table).from_select(list(columns), source)
+        values: dict[str, Any] = {name: stmt.inserted[name] for name in replace}
+        values[touch] = func.now()
+        return stmt.on_duplicate_key_update(values)
+
+    def begin(self, conn: Connection, *, snapshot: bool = False) -> None:
+        if snapshot:
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        else:
+            # READ COMMITTED: a statement sees what was committed before it, so a lock
+            # taken in the middle of a transaction protects what is read after it.
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            conn.exec_driver_sql("START TRANSACTION")
+
+    def begin_locked(self, conn: Connection, key: bytes, timeout: float) -> None:
+        self._acquire(conn, key, timeout)
+        try:
+            self.begin(conn)
+        except BaseException:
+            conn.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()")
+            raise
+
+    def acquire_nested(self, conn: Connection, key: bytes, timeout: float) -> None:
+        self._acquire(conn, key, timeout)
+
+    def _acquire(self, conn: Connection, key: bytes, timeout: float) -> None:
+        got = conn.exec_driver_sql(
+            "SELECT GET_LOCK(%(name)s, %(timeout)s)",
+            {"name": lock_name(key), "timeout": max(0.0, timeout)},
+        ).scalar_one()
+        if got == 1:
+            return
+        if got == 0:
+            raise LockTimeoutError(f"lock not acquired within {timeout}s")
+        raise DatabaseError(f"GET_LOCK failed (returned {got!r})")
+
+    def end(self, conn: Connection, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
+        try:
+            conn.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
+        finally:
+            if keys:
+                conn.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()")
+
+    def is_transient(self, exc: DBAPIError) -> bool:
+        if exc.connection_invalidated:
+            return True
+        args = getattr(exc.orig, "args", ())
+        return bool(args) and args[0] in _TRANSIENT
+
+    def is_busy(self, exc: DBAPIError) -> bool:
+        args = getattr(exc.orig, "args", ())
+        return bool(args) and args[0] == _LOCK_WAIT_TIMEOUT

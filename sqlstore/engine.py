@@ -1,0 +1,169 @@
+"""Engines, and the per-engine state every store on that engine shares.
+
+Thousands of stores (one per conversation) share one engine and its pool. What they
+share beyond the pool lives in one :class:`EngineState` per pool: the dialect
+strategy, whether the schema was found at the right revision, and each thread's open
+lock-block transaction, which every store on the engine joins.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import Pool
+
+from .dialects import DialectStrategy, strategy_for
+from .errors import SchemaError
+from .schema import SCHEMA_REVISION, VERSION_TABLE
+
+_AUTOCOMMIT = "AUTOCOMMIT"
+
+
+def create_engine(
+    url: str | URL,
+    *,
+    sqlite_synchronous: str = "FULL",
+    sqlite_busy_timeout: float = 30.0,
+    **engine_options: Any,
+) -> Engine:
+    """Create an engine configured the way sqlstore works best.
+
+    Connections run in autocommit mode (a single statement needs no ``BEGIN`` and
+    ``COMMIT`` round trips; lock blocks open their own transactions) and SQLite
+    connections get WAL, ``synchronous`` and ``busy_timeout`` set.
+
+    Args:
+        url: A SQLAlchemy URL, e.g. ``postgresql+psycopg://user@host/db``,
+            ``sqlite:///conversations.db`` or ``mysql+pymysql://root@host/db``.
+        sqlite_synchronous: SQLite's ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
+        sqlite_busy_timeout: Seconds a SQLite write waits for another writer.
+        **engine_options: Passed to :func:`sqlalchemy.create_engine`, overriding
+            sqlstore's defaults (``pool_size``, ``max_overflow``, ``pool_recycle``...).
+
+    Raises:
+        UnsupportedDialectError: the URL names a database sqlstore does not support.
+    """
+    url = make_url(url)
+    options: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        strategy: DialectStrategy = strategy_for(
+            "sqlite", synchronous=sqlite_synchronous, busy_timeout=sqlite_busy_timeout
+        )
+    else:
+        strategy = strategy_for(url.get_backend_name())
+    options.update(
+        isolation_level=_AUTOCOMMIT,
+        # Every transaction sqlstore opens, it ends itself; a rollback on each pool
+        # check-in would only add a round trip.
+        skip_autocommit_rollback=True,
+    )
+    options.update(strategy.engine_options(url))
+    options.update(engine_options)
+    engine = sqlalchemy.create_engine(url, **options)
+    event.listen(engine, "connect", lambda dbapi_conn, _record: strategy.on_connect(dbapi_conn))
+    _register(engine, strategy)
+    return engine
+
+
+@dataclass
+class LockBlock:
+    """A thread's open lock-block transaction on one engine."""
+
+    conn: Connection
+    held: set[bytes] = field(default_factory=set)
+    depth: int = 0
+
+
+class EngineState:
+    """What every store on one engine (one pool) shares."""
+
+    def __init__(self, engine: Engine, strategy: DialectStrategy) -> None:
+        self.strategy = strategy
+        # Stores run single statements in autocommit mode whatever the caller's engine
+        # default is; this option engine shares the caller's pool.
+        self.engine = _autocommit(engine)
+        self._local = threading.local()
+        self._schema_ok = False
+        self._schema_lock = threading.Lock()
+
+    @property
+    def lock_block(self) -> LockBlock | None:
+        """The calling thread's open lock block on this engine, if any."""
+        block: LockBlock | None = getattr(self._local, "block", None)
+        return block
+
+    @lock_block.setter
+    def lock_block(self, block: LockBlock | None) -> None:
+        self._local.block = block
+
+    def check_schema(self, conn: Connection) -> None:
+        """Raise :class:`SchemaError` unless the schema is at this code's revision.
+
+        Checked once per engine; a failure is not remembered, so migrating and then
+        retrying works without a new store.
+        """
+        if self._schema_ok:
+            return
+        with self._schema_lock:
+            if self._schema_ok:
+                return
+            try:
+                found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
+                revisions = list(found)
+            except DBAPIError as exc:
+                if self.strategy.is_transient(exc):
+                    raise
+                raise SchemaError(_schema_message(self.engine.url, None)) from exc
+            if revisions != [SCHEMA_REVISION]:
+                raise SchemaError(_schema_message(self.engine.url, revisions))
+            self._schema_ok = True
+
+
+_states: weakref.WeakKeyDictionary[Pool, EngineState] = weakref.WeakKeyDictionary()
+_states_lock = threading.Lock()
+
+
+def state_for(engine: Engine) -> EngineState:
+    """The shared state of ``engine``'s pool, created on first use (no I/O)."""
+    state = _states.get(engine.pool)
+    if state is None:
+        with _states_lock:
+            state = _states.get(engine.pool)
+            if state is None:
+                state = _register(engine, strategy_for(engine.dialect.name))
+    return state
+
+
+def _register(engine: Engine, strategy: DialectStrategy) -> EngineState:
+    state = EngineState(engine, strategy)
+    _states[engine.pool] = state
+    return state
+
+
+def _autocommit(engine: Engine) -> Engine:
+    if engine.get_execution_options().get("isolation_level") == _AUTOCOMMIT:
+        return engine
+    if getattr(engine.dialect, "_on_connect_isolation_level", None) == _AUTOCOMMIT:
+        return engine
+    return engine.execution_options(isolation_level=_AUTOCOMMIT)
+
+
+def safe_url(url: URL) -> str:
+    """``url`` as a string with any password masked."""
+    return url.render_as_string(hide_password=True)
+
+
+def _schema_message(url: URL, found: list[str] | None) -> str:
+    where = "no sqlstore schema" if found is None else f"schema revision {found or 'none'}"
+    return (
+        f"{safe_url(url)} has {where}; this sqlstore needs revision {SCHEMA_REVISION}. "
+        f"Bring it to head with `sqlstore.migrate(url)` or, in a checkout, "
+        f"`alembic -x url=<url> upgrade head`."
+    )

@@ -1,0 +1,36 @@
+"""The exceptions sqlstore raises.
+
+Every error sqlstore raises on its own account derives from :class:`SQLStoreError`.
+Where a builtin exception already names the situation (``TimeoutError``, ``OSError``),
+the sqlstore error inherits it too, so callers written against the OpenHands
+``FileStore`` interface catch it without knowing about sqlstore.
+"""
+
+from __future__ import annotations
+
+
+class SQLStoreError(Exception):
+    """Base class of every sqlstore error."""
+
+
+class LockTimeoutError(SQLStoreError, TimeoutError):
+    """A lock was not acquired within its timeout, or was requested again by its holder."""
+
+
+class DatabaseError(SQLStoreError, OSError):
+    """The database failed, and retrying (where allowed) did not help.
+
+    The driver's exception is attached as ``__cause__``.
+    """
+
+
+class SchemaError(SQLStoreError):
+    """The database has no sqlstore schema, or one at another revision than this code needs."""
+
+
+class FileTooLargeError(SQLStoreError, OSError):
+    """The content is larger than the database dialect can store; nothing was written."""
+
+
+class UnsupportedDialectError(SQLStoreError, ValueError):
+    """The engine's database dialect has no sqlstore strategy."""

@@ -1,0 +1,84 @@
+"""Bring a database's sqlstore schema to a revision, from a checkout or an installed wheel."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic revisions are: inside the package when installed from a wheel,
+    else the checkout's top-level ``migrations/``.
+    """
+    packaged = Path(str(resources.files("sqlstore"))) / "_migrations"
+    if (packaged / "env.py").is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise FileNotFoundError("sqlstore's migrations are missing from this installation")
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    """An Alembic ``Config`` for sqlstore's migrations, independent of any ``alembic.ini``.
+
+    Args:
+        url: The database URL to put in ``sqlalchemy.url``, if any.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if url is not None:
+        rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+        # ConfigParser interpolation would eat a literal % in a password.
+        config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    config.attributes["configure_logging"] = False
+    return config
+
+
+def migrate(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
+    """Upgrade the sqlstore schema of a database to ``revision`` (default: the newest).
+
+    Safe to call on every start-up: a database already at ``revision`` is left as it
+    is. Only sqlstore's tables and its version table ``sqlstore_alembic_version`` are
+    touched, so the database may hold an application's own tables and Alembic history.
+
+    Args:
+        url_or_engine: A database URL or an engine.
+        revision: The Alembic revision to upgrade to.
+    """
+    _run(url_or_engine, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
+    """Downgrade the sqlstore schema to ``revision`` (``"base"`` drops sqlstore's tables)."""
+    _run(url_or_engine, lambda config: command.downgrade(config, revision))
+
+
+def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) -> None:
+    if isinstance(url_or_engine, Engine):
+        engine, owned = url_or_engine, False
+    else:
+        engine, owned = sa.create_engine(url_or_engine, poolclass=sa.pool.NullPool), True
+    try:
+        with engine.connect() as conn:
+            # DDL runs in real transactions even on an autocommit engine (PostgreSQL and
+            # SQLite roll a failed migration back whole).
+            level = conn.dialect.default_isolation_level
+            if level is not None:
+                conn = conn.execution_options(isolation_level=level)
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            action(config)
+            conn.commit()
+    finally:
+        if owned:
+            engine.dispose()
+
+

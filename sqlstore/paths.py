@@ -1,0 +1,151 @@
+"""Path and namespace rules shared by every dialect.
+
+Paths are normalised the way the OpenHands ``LocalFileStore`` does it, then encoded
+into the keys the schema stores:
+
+* ``file_id``: a 16-byte BLAKE2b digest of (namespace, path), the primary key. A hash
+  keeps the key short on every dialect (InnoDB caps index keys at 3072 bytes, and a
+  1024-character path alone may take 4096).
+* ``parent``: the directory's path as UTF-8 with every ``/`` replaced by a NUL byte.
+  NUL sorts below every other byte, so a directory's whole subtree is the contiguous
+  key range ``[enc(dir), enc(dir) + b"\\x01")``, with no sibling such as ``dir-x`` or
+  ``dir.d`` in between. Listing and deleting a directory are range scans on that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+#: Longest accepted path, in characters, after normalisation.
+MAX_PATH_LENGTH = 1024
+#: Longest accepted namespace, in characters.
+MAX_NAMESPACE_LENGTH = 255
+
+ROOT = ""
+SEP = b"\x00"
+_AFTER_SEP = b"\x01"
+
+
+def check_namespace(namespace: object) -> str:
+    """Return ``namespace`` if it is valid, else raise.
+
+    Raises:
+        TypeError: ``namespace`` is not a ``str``.
+        ValueError: it is empty, longer than 255 characters, contains NUL or is not
+            encodable as UTF-8.
+    """
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    if not namespace:
+        raise ValueError("namespace must not be empty")
+    if len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise ValueError(f"namespace is longer than {MAX_NAMESPACE_LENGTH} characters")
+    if "\x00" in namespace:
+        raise ValueError("namespace must not contain NUL characters")
+    _utf8(namespace, "namespace")
+    return namespace
+
+
+def normalize(path: object) -> str:
+    """Normalise ``path`` as ``LocalFileStore`` does; the root is ``""``.
+
+    A leading ``/`` is stripped, ``\\`` becomes ``/``, then POSIX ``normpath`` applies.
+
+    Raises:
+        TypeError: ``path`` is not a ``str``.
+        ValueError: the path escapes the root, contains NUL, is not encodable as UTF-8
+            or is longer than :data:`MAX_PATH_LENGTH` characters.
+    """
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str, not {type(path).__name__}")
+    if "\x00" in path:
+        raise ValueError(f"path must not contain NUL characters: {path!r}")
+    relative = path[1:] if path.startswith("/") else path
+    relative = relative.replace("\\", "/")
+    normal = posixpath.normpath(relative) if relative else "."
+    if relative.startswith("/") or normal == ".." or normal.startswith(("../", "/")):
+        raise ValueError(f"path escapes filestore root: {path}")
+    if normal == ".":
+        return ROOT
+    if len(normal) > MAX_PATH_LENGTH:
+        raise ValueError(f"path is longer than {MAX_PATH_LENGTH} characters: {path[:80]!r}...")
+    _utf8(normal, "path")
+    return normal
+
+
+def split(path: str) -> tuple[str, str]:
+    """Split a normalised, non-root path into (parent directory, name)."""
+    parent, _, name = path.rpartition("/")
+    return parent, name
+
+
+def ancestors(path: str) -> list[str]:
+    """The directories above a normalised path, nearest last, root excluded."""
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def dir_key(directory: str) -> bytes:
+    """The ``parent`` column value of files directly inside ``directory``."""
+    return directory.encode("utf-8").replace(b"/", SEP)
+
+
+def subtree_range(directory: str) -> tuple[bytes, bytes | None]:
+    """The ``parent`` range ``[low, high)`` of every file below ``directory``.
+
+    ``high`` is ``None`` for the root: every key lies below it.
+    """
+    if directory == ROOT:
+        return b"", None
+    low = dir_key(directory)
+    return low, low + _AFTER_SEP
+
+
+def strict_subdir_range(directory: str) -> tuple[bytes, bytes | None]:
+    """The ``parent`` range of files in subdirectories of ``directory`` (not directly in it)."""
+    if directory == ROOT:
+        # Every non-empty key; b"\x00" is the smallest non-empty key there can be.
+        return SEP, None
+    low = dir_key(directory)
+    return low + SEP, low + _AFTER_SEP
+
+
+def child_dir_of(directory: str, parent: bytes) -> str:
+    """Name of the child directory of ``directory`` that holds a file whose parent is ``parent``."""
+    offset = 0 if directory == ROOT else len(dir_key(directory)) + 1
+    return parent[offset:].split(SEP, 1)[0].decode("utf-8")
+
+
+def after_child_dir(directory: str, child: str) -> bytes:
+    """The smallest ``parent`` key that sorts after the whole subtree of ``directory/child``."""
+    return dir_key(posixpath.join(directory, child)) + _AFTER_SEP
+
+
+def file_id(namespace: str, path: str) -> bytes:
+    """The 16-byte primary key of ``path`` in ``namespace``."""
+    digest = hashlib.blake2b(digest_size=16, person=b"sqlstore-file")
+    digest.update(namespace.encode("utf-8"))
+    digest.update(SEP)
+    digest.update(path.encode("utf-8"))
+    return digest.digest()
+
+
+def lock_key(namespace: str, path: str) -> bytes:
+    """A 16-byte digest naming the lock on ``path`` in ``namespace``.
+
+    Dialects shorten it as their lock namespaces require (a signed 64-bit integer for
+    PostgreSQL advisory locks, a 64-character name for MySQL ``GET_LOCK``).
+    """
+    digest = hashlib.blake2b(digest_size=16, person=b"sqlstore-lock")
+    digest.update(namespace.encode("utf-8"))
+    digest.update(SEP)
+    digest.update(path.encode("utf-8"))
+    return digest.digest()
+
+
+def _utf8(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not encodable as UTF-8: {value!r}") from exc

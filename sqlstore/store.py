@@ -1,0 +1,549 @@
+"""``SQLFileStore``: the OpenHands ``FileStore`` interface on any supported database.
+
+This module names no database. Dialect differences live in :mod:`sqlstore.dialects`;
+the SQL lives in :mod:`sqlstore.statements`.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, Self, TypeVar
+from urllib.parse import quote
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+
+from . import paths
+from .engine import EngineState, LockBlock, create_engine, safe_url, state_for
+from .errors import DatabaseError, FileTooLargeError, LockTimeoutError
+from .statements import Statements
+
+T = TypeVar("T")
+
+#: Attempts for a single statement outside a lock block that fails transiently.
+RETRY_ATTEMPTS = 4
+#: Seconds before the first retry; doubled for each further one.
+RETRY_BACKOFF = 0.05
+
+_statements: dict[type, Statements] = {}
+
+
+class SQLFileStore:
+    """A file store for one namespace (typically one conversation) in a SQL database.
+
+    Implements the OpenHands SDK ``FileStore`` interface (``write``, ``read``, ``list``,
+    ``delete``, ``exists``, ``get_absolute_path``, ``lock``) and adds ``read_bytes``,
+    ``close``, ``flush`` and use as a context manager. Creating a store opens no
+    connection and runs no DDL; the schema must have been migrated (see
+    :func:`sqlstore.migrate`).
+
+    Args:
+        engine: A SQLAlchemy engine for PostgreSQL, SQLite or MySQL/MariaDB, shared by
+            any number of stores. :func:`sqlstore.create_engine` configures one best;
+            any other engine works too (statements run on autocommit connections from
+            its pool).
+        namespace: The namespace every path of this store lives in: a non-empty string
+            of at most 255 characters without NUL.
+
+    Raises:
+        ValueError: ``namespace`` is invalid.
+        UnsupportedDialectError: the engine's database is not supported.
+    """
+
+    def __init__(self, engine: Engine, namespace: str) -> None:
+        self._namespace = paths.check_namespace(namespace)
+        self._state: EngineState = state_for(engine)
+        self._strategy = self._state.strategy
+        self._engine = self._state.engine
+        self._owns_engine = False
+        sql = _statements.get(type(self._strategy))
+        if sql is None:
+            sql = _statements.setdefault(type(self._strategy), Statements(self._strategy))
+        self._sql = sql
+
+    @classmethod
+    def from_url(cls, url: str | URL, namespace: str, **engine_options: Any) -> SQLFileStore:
+        """Create a store with an engine of its own, closed with the store.
+
+        For many namespaces on one database, create one engine with
+        :func:`sqlstore.create_engine` and pass it to each store instead.
+
+        Args:
+            url: A SQLAlchemy database URL.
+            namespace: The store's namespace.
+            **engine_options: Passed to :func:`sqlstore.create_engine`.
+        """
+        paths.check_namespace(namespace)
+        store = cls(create_engine(url, **engine_options), namespace)
+        store._owns_engine = True
+        return store
+
+    @property
+    def namespace(self) -> str:
+        """The namespace this store reads and writes."""
+        return self._namespace
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this store runs on."""
+        return self._engine
+
+    def with_namespace(self, namespace: str) -> SQLFileStore:
+        """A store for another namespace on the same engine (no connection is opened)."""
+        return type(self)(self._engine, namespace)
+
+    def __repr__(self) -> str:
+        return f"SQLFileStore({safe_url(self._engine.url)!r}, namespace={self._namespace!r})"
+
+    # -- FileStore -----------------------------------------------------------------
+
+    def write(self, path: str, contents: str | bytes) -> None:
+        """Create or overwrite the file at ``path``.
+
+        ``str`` content is stored as UTF-8; bytes are stored unchanged.
+
+        Raises:
+            TypeError: ``contents`` is neither ``str`` nor bytes.
+            ValueError: ``path`` is invalid or escapes the root.
+            IsADirectoryError: ``path`` is the root or a directory.
+            FileExistsError: a parent of ``path`` is a file.
+            FileTooLargeError: the content exceeds the dialect's limit.
+            DatabaseError: the database failed.
+        """
+        data = _as_bytes(contents)
+        path_n = paths.normalize(path)
+        if path_n == paths.ROOT:
+            raise IsADirectoryError(f"cannot write to the root directory: {path!r}")
+        limit = self._strategy.max_content_size
+        if len(data) > limit:
+            raise FileTooLargeError(
+                f"{path!r}: {len(data)} bytes exceed the {self._engine.dialect.name} "
+                f"limit of {limit} bytes; nothing was written"
+            )
+        parent, name = paths.split(path_n)
+        low, high = paths.subtree_range(path_n)
+        fid = paths.file_id(self._namespace, path_n)
+        ancestor_ids = [paths.file_id(self._namespace, a) for a in paths.ancestors(path_n)]
+        size = self._strategy.chunk_size
+        pieces = [data] if size is None or len(data) <= size else _split(data, size)
+        params = {
+            "fid": fid,
+            "ns": self._namespace,
+            "key": paths.dir_key(parent),
+            "name": name,
+            "content": pieces[0],
+            "size": len(data),
+            "chunk_count": len(pieces) - 1,
+            "ancestors": ancestor_ids,
+            "low": low,
+            "high": high,
+        }
+
+        def run(conn: Connection) -> int:
+            if size is None:
+                return conn.execute(self._sql.write, params).rowcount
+            with self._transaction(conn):
+                written = conn.execute(self._sql.write, params).rowcount
+                conn.execute(self._sql.delete_chunks, {"fid": fid})
+                if written and len(pieces) > 1:
+                    for seq, piece in enumerate(pieces[1:], start=1):
+                        conn.execute(
+                            self._sql.insert_chunk, {"file_id": fid, "seq": seq, "data": piece}
+                        )
+                return written
+
+        if self._run(run):
+            return
+        # Nothing was written: find out which tree rule refused it.
+        if ancestor_ids:
+            blocking = self._run(lambda conn: conn.execute(
+                self._sql.files_among, {"fids": ancestor_ids}
+            ).scalars().all())
+            if blocking:
+                raise FileExistsError(f"a parent directory of {path!r} is a file")
+        raise IsADirectoryError(f"{path!r} is a directory")
+
+    def read(self, path: str) -> str:
+        """Return the file's content decoded as UTF-8.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            IsADirectoryError: ``path`` is a directory.
+            UnicodeDecodeError: the content is not valid UTF-8.
+            ValueError: ``path`` is invalid.
+            DatabaseError: the database failed.
+        """
+        return self.read_bytes(path).decode("utf-8")
+
+    def read_bytes(self, path: str) -> bytes:
+        """Return the file's content exactly as written.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            IsADirectoryError: ``path`` is a directory.
+            ValueError: ``path`` is invalid.
+            DatabaseError: the database failed.
+        """
+        path_n = paths.normalize(path)
+        if path_n == paths.ROOT:
+            raise IsADirectoryError(f"{path!r} is the root directory")
+        fid = paths.file_id(self._namespace, path_n)
+
+        def run(conn: Connection) -> bytes | None:
+            row = conn.execute(self._sql.read, {"fid": fid}).first()
+            if row is None:
+                return None
+            if not row.chunk_count:
+                return bytes(row.content)
+            # A chunked file: read the row and its chunks from one snapshot.
+            with self._transaction(conn, snapshot=True):
+                row = conn.execute(self._sql.read, {"fid": fid}).first()
+                if row is None:
+                    return None
+                rest = conn.execute(self._sql.read_chunks, {"fid": fid}).scalars().all()
+            return b"".join([bytes(row.content), *map(bytes, rest)])
+
+        data = self._run(run)
+        if data is not None:
+            return data
+        if self._is_dir(path_n):
+            raise IsADirectoryError(f"{path!r} is a directory")
+        raise FileNotFoundError(path)
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` is a file or a directory; the root always exists.
+
+        Raises:
+            ValueError: ``path`` is invalid.
+            DatabaseError: the database failed.
+        """
+        path_n = paths.normalize(path)
+        if path_n == paths.ROOT:
+            return True
+        low, high = paths.subtree_range(path_n)
+        params = {
+            "fid": paths.file_id(self._namespace, path_n),
+            "ns": self._namespace,
+            "low": low,
+            "high": high,
+        }
+        return bool(self._run(lambda conn: conn.execute(self._sql.exists, params).scalar()))
+
+    def list(self, path: str) -> list[str]:
+        """List a directory's direct children, or echo a file's path.
+
+        Returns:
+            ``[path]`` if ``path`` is a file; the directory's direct children sorted by
+            name, each as ``posixpath.join(path, name)`` with a trailing ``/`` on
+            subdirectories; ``[]`` if nothing exists at ``path``.
+
+        Raises:
+            ValueError: ``path`` is invalid.
+            DatabaseError: the database failed after retries (transient failures are
+                retried: the SDK treats any error here as an empty directory).
+        """
+        path_n = paths.normalize(path)
+        entries = self._run(lambda conn: self._list(conn, path_n))
+        if entries is None:
+            return [path]
+        return [
+            posixpath.join(path, name) + ("/" if is_dir else "")
+            for name, is_dir in sorted(entries.items())
+        ]
+
+    def _list(self, conn: Connection, path_n: str) -> dict[str, bool] | None:
+        """Map each child name to whether it is a directory; ``None`` if a file."""
+        ns = self._namespace
+        low, high = paths.strict_subdir_range(path_n)
+        params: dict[str, Any] = {"ns": ns, "key": paths.dir_key(path_n), "low": low}
+        if path_n == paths.ROOT:
+            rows = conn.execute(self._sql.list_root, params).all()
+            probe = self._sql.next_subdir_root
+        else:
+            params.update(high=high, fid=paths.file_id(ns, path_n))
+            rows = conn.execute(self._sql.list_dir, params).all()
+            probe = self._sql.next_subdir
+        entries: dict[str, bool] = {}
+        subdir: bytes | None = None
+        for kind, name, parent in rows:
+            if kind == 2:
+                return None
+            if kind == 1:
+                entries[name] = False
+            else:
+                subdir = bytes(parent)
+        # Skip from one child directory to the next: one index probe per directory,
+        # however many files each holds.
+        while subdir is not None:
+            child = paths.child_dir_of(path_n, subdir)
+            entries[child] = True
+            params["low"] = paths.after_child_dir(path_n, child)
+            row = conn.execute(probe, params).first()
+            subdir = None if row is None else bytes(row.parent)
+        return entries
+
+    def delete(self, path: str) -> None:
+        """Delete a file, or a directory with everything below it; missing is a no-op.
+
+        ``delete("")`` empties the namespace. A directory goes in one statement.
+
+        Raises:
+            ValueError: ``path`` is invalid.
+            DatabaseError: the database failed.
+        """
+        path_n = paths.normalize(path)
+        if path_n == paths.ROOT:
+            params: dict[str, Any] = {"ns": self._namespace}
+            stmt, chunk_stmt = self._sql.delete_namespace, self._sql.delete_namespace_chunks
+        else:
+            low, high = paths.subtree_range(path_n)
+            params = {
+                "ns": self._namespace,
+                "fid": paths.file_id(self._namespace, path_n),
+                "low": low,
+                "high": high,
+            }
+            stmt, chunk_stmt = self._sql.delete_path, self._sql.delete_path_chunks
+
+        def run(conn: Connection) -> None:
+            if self._strategy.chunk_size is None:
+                conn.execute(stmt, params)
+                return
+            with self._transaction(conn):
+                conn.execute(chunk_stmt, params)
+                conn.execute(stmt, params)
+
+        self._run(run)
+
+    def get_absolute_path(self, path: str) -> str:
+        """A stable identifier for ``path``, e.g. ``sqlstore+postgresql://host/db/ns/path``.
+
+        It names the database, namespace and path, never a password.
+
+        Raises:
+            ValueError: ``path`` is invalid.
+        """
+        path_n = paths.normalize(path)
+        url = self._engine.url
+        host = url.host or ""
+        if url.port:
+            host = f"{host}:{url.port}"
+        ns = quote(self._namespace, safe="")
+        return f"sqlstore+{url.get_backend_name()}://{host}/{url.database or ''}/{ns}/{path_n}"
+
+    @contextmanager
+    def lock(self, path: str, timeout: float = 30.0) -> Iterator[None]:
+        """Hold an exclusive lock on ``path`` for the block; the block is a transaction.
+
+        The lock excludes every other holder of the same (namespace, path) in any
+        thread, process or host using the database; on SQLite it excludes every writer
+        of the database file. Store calls made by this thread inside the block, through
+        any store on the same engine, join one transaction: it commits when the block
+        exits normally and rolls back if the block raises. A lock block inside another
+        is a savepoint; its locks are held until the outermost block ends.
+
+        Args:
+            path: The path to lock; it need not exist, and nothing is written for it.
+            timeout: Seconds to wait for the lock.
+
+        Raises:
+            LockTimeoutError: (a ``TimeoutError``) not acquired within ``timeout``
+                seconds, or ``path`` is already locked by this thread.
+            ValueError: ``path`` is invalid.
+            DatabaseError: the database failed; the block's writes are rolled back.
+        """
+        path_n = paths.normalize(path)
+        if not isinstance(timeout, int | float) or timeout != timeout:
+            raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+        key = paths.lock_key(self._namespace, path_n)
+        block = self._state.lock_block
+        if block is None:
+            with self._outer_block(key, timeout):
+                yield
+        else:
+            if key in block.held:
+                raise LockTimeoutError(f"{path!r} is already locked by this thread")
+            with self._nested_block(block, key, timeout):
+                yield
+
+    @contextmanager
+    def _outer_block(self, key: bytes, timeout: float) -> Iterator[None]:
+        conn = self._connect_checked()
+        try:
+            try:
+                self._strategy.begin_locked(conn, key, timeout)
+            except DBAPIError as exc:
+                raise self._translate(exc) from exc
+            block = LockBlock(conn, {key})
+            self._state.lock_block = block
+            try:
+                yield
+            except BaseException:
+                self._state.lock_block = None
+                self._end(conn, commit=False, keys=block.held)
+                raise
+            self._state.lock_block = None
+            self._end(conn, commit=True, keys=block.held)
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _nested_block(self, block: LockBlock, key: bytes, timeout: float) -> Iterator[None]:
+        conn = block.conn
+        block.depth += 1
+        savepoint = f"sqlstore_{block.depth}"
+        try:
+            self._sql_text(conn, f"SAVEPOINT {savepoint}")
+            try:
+                self._strategy.acquire_nested(conn, key, timeout)
+            except BaseException as exc:
+                self._sql_text(conn, f"ROLLBACK TO SAVEPOINT {savepoint}")
+                if isinstance(exc, DBAPIError):
+                    raise self._translate(exc) from exc
+                raise
+            block.held.add(key)
+            try:
+                yield
+            except BaseException:
+                self._sql_text(conn, f"ROLLBACK TO SAVEPOINT {savepoint}")
+                raise
+            self._sql_text(conn, f"RELEASE SAVEPOINT {savepoint}")
+        finally:
+            block.depth -= 1
+
+    def flush(self) -> None:
+        """Nothing to do: every call is written to the database before it returns."""
+
+    def close(self) -> None:
+        """Release the engine's connections if this store created the engine (``from_url``)."""
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _is_dir(self, path_n: str) -> bool:
+        low, high = paths.subtree_range(path_n)
+        params = {"ns": self._namespace, "low": low, "high": high}
+        return bool(self._run(lambda conn: conn.execute(self._sql.is_dir, params).scalar()))
+
+    def _run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in the thread's lock block, or on a pooled autocommit connection.
+
+        Outside a lock block every call is idempotent, so a transient failure (a dropped
+        connection, a serialization failure) is retried on a fresh connection with
+        exponential backoff. Inside a lock block nothing is retried: the block's
+        transaction is lost with its connection, so the error propagates and the block
+        rolls back.
+        """
+        block = self._state.lock_block
+        if block is not None:
+            try:
+                return work(block.conn)
+            except DBAPIError as exc:
+                raise self._translate(exc) from exc
+        delay = RETRY_BACKOFF
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                with self._engine.connect() as conn:
+                    self._state.check_schema(conn)
+                    return work(conn)
+            except DBAPIError as exc:
+                if attempt + 1 < RETRY_ATTEMPTS and self._strategy.is_transient(exc):
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise self._translate(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _connect_checked(self) -> Connection:
+        delay = RETRY_BACKOFF
+        for attempt in range(RETRY_ATTEMPTS):
+            conn = None
+            try:
+                conn = self._engine.connect()
+                self._state.check_schema(conn)
+                return conn
+            except DBAPIError as exc:
+                if conn is not None:
+                    conn.close()
+                if attempt + 1 < RETRY_ATTEMPTS and self._strategy.is_transient(exc):
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise self._translate(exc) from exc
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def _transaction(self, conn: Connection, *, snapshot: bool = False) -> Iterator[None]:
+        """A transaction for multi-statement work; inside a lock block, a savepoint."""
+        block = self._state.lock_block
+        if block is not None and block.conn is conn:
+            yield  # already atomic: the lock block commits or rolls back as a whole
+            return
+        self._strategy.begin(conn, snapshot=snapshot)
+        try:
+            yield
+        except BaseException:
+            self._end(conn, commit=False)
+            raise
+        self._end(conn, commit=True)
+
+    def _end(self, conn: Connection, *, commit: bool, keys: set[bytes] | None = None) -> None:
+        try:
+            self._strategy.end(conn, commit=commit, keys=keys or ())
+        except DBAPIError as exc:
+            # The transaction's fate is unknown and session locks may still be held:
+            # never hand this connection to anyone else.
+            conn.invalidate()
+            raise self._translate(exc) from exc
+        except BaseException:
+            conn.invalidate()
+            raise
+
+    def _sql_text(self, conn: Connection, sql: str) -> None:
+        try:
+            conn.exec_driver_sql(sql)
+        except DBAPIError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: DBAPIError) -> Exception:
+        """The sqlstore exception for a driver error (the one place errors are converted)."""
+        orig = exc.orig
+        if self._strategy.is_busy(exc):
+            return LockTimeoutError(f"lock wait timed out on {self._engine.dialect.name}: {orig}")
+        return DatabaseError(
+            f"{self._engine.dialect.name} error on {safe_url(self._engine.url)}: "
+            f"{type(orig).__name__}: {orig}"
+        )
+
+
+def _as_bytes(contents: object) -> bytes:
+    if isinstance(contents, str):
+        return contents.encode("utf-8")
+    if isinstance(contents, bytes | bytearray | memoryview):
+        return bytes(contents)
+    raise TypeError(f"contents must be str or bytes, not {type(contents).__name__}")
+
+
+def _split(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]

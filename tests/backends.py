@@ -1,0 +1,125 @@
+"""Where the test databases come from.
+
+Each backend's server URL comes from an environment variable, else the local service
+when it answers, else a testcontainers container when Docker runs, else the backend is
+unavailable: its tests skip, or fail when ``SQLSTORE_TEST_REQUIRE`` names it (CI).
+Every test session works in databases of its own, created here and dropped after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+DEFAULTS = {
+    "postgresql": ("SQLSTORE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mysql": ("SQLSTORE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ("sqlite", "postgresql", "mysql")
+
+
+def required() -> set[str]:
+    """Backends that must not be skipped (``SQLSTORE_TEST_REQUIRE=postgresql,mysql``)."""
+    value = os.environ.get("SQLSTORE_TEST_REQUIRE", "")
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+@dataclass
+class Server:
+    """A database server the tests may create databases on."""
+
+    backend: str
+    admin_url: URL
+    container: object | None = None
+
+    def create_database(self) -> URL:
+        name = f"sqlstore_t_{uuid.uuid4().hex[:12]}"
+        self._admin(f"CREATE DATABASE {name}")
+        return self.admin_url.set(database=name)
+
+    def drop_database(self, url: URL) -> None:
+        if self.backend == "postgresql":
+            self._admin(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
+        else:
+            self._admin(f"DROP DATABASE IF EXISTS {url.database}")
+
+    def _admin(self, sql: str) -> None:
+        engine = sa.create_engine(
+            self.admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool
+        )
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql(sql)
+        finally:
+            engine.dispose()
+
+    def stop(self) -> None:
+        if self.container is not None:
+            self.container.stop()  # type: ignore[attr-defined]
+
+
+def _answers(url: URL) -> str | None:
+    """``None`` if a server answers at ``url``, else why not."""
+    args = {"connect_timeout": 3}
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return None
+    except Exception as exc:  # any failure means: not usable
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+
+
+def _docker_runs() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
+    return probe.returncode == 0
+
+
+def _container(backend: str) -> Server:
+    if backend == "postgresql":
+        from testcontainers.postgres import PostgresContainer
+
+        pg = PostgresContainer("postgres:16", driver="psycopg").start()
+        return Server(backend, make_url(pg.get_connection_url()), pg)
+    from testcontainers.mysql import MySqlContainer
+
+    my = MySqlContainer("mariadb:11", username="root", password="test").start()
+    url = make_url(my.get_connection_url()).set(drivername="mysql+pymysql")
+    return Server(backend, url, my)
+
+
+def find_server(backend: str) -> tuple[Server | None, str]:
+    """The server for ``backend``, or ``None`` and the reason there is none."""
+    variable, default = DEFAULTS[backend]
+    url = make_url(os.environ.get(variable, default))
+    reason = _answers(url)
+    if reason is None:
+        return Server(backend, url), ""
+    if _docker_runs():
+        return _container(backend), ""
+    return None, (
+        f"no {backend} server: {url.render_as_string(hide_password=True)} did not answer "
+        f"({reason}); set {variable}, or run Docker for testcontainers"
+    )
+
+
+@contextmanager
+def database(server: Server) -> Iterator[URL]:
+    """A fresh, empty database on ``server``, dropped afterwards."""
+    url = server.create_database()
+    try:
+        yield url
+    finally:
+        server.drop_database(url)

@@ -1,0 +1,89 @@
+"""Backend fixtures: every store test runs on SQLite, PostgreSQL and MySQL/MariaDB.
+
+``backend`` is parametrized over the three; ``engine`` is a session-wide engine on a
+migrated database of that backend; ``store`` is a store in a namespace of its own, so
+tests never see each other's files. ``empty_url`` is a fresh database with no schema.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+import sqlstore
+from tests.backends import BACKENDS, Server, database, find_server, required
+
+_servers: dict[str, tuple[Server | None, str]] = {}
+
+
+def _server(backend: str) -> Server:
+    if backend not in _servers:
+        _servers[backend] = find_server(backend)
+    server, reason = _servers[backend]
+    if server is None:
+        if backend in required():
+            pytest.fail(f"{reason} (required by SQLSTORE_TEST_REQUIRE)", pytrace=False)
+        pytest.skip(reason)
+    return server
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for server, _ in _servers.values():
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture(params=BACKENDS, scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def migrated_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """A database of ``backend`` migrated to head, shared by the session's tests."""
+    if backend == "sqlite":
+        url = make_url(f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'store.db'}")
+        sqlstore.migrate(url)
+        yield url
+        return
+    with database(_server(backend)) as url:
+        sqlstore.migrate(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def engine(migrated_url: URL) -> Iterator[sa.Engine]:
+    engine = sqlstore.create_engine(migrated_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def store(engine: sa.Engine, namespace: str) -> sqlstore.SQLFileStore:
+    return sqlstore.SQLFileStore(engine, namespace)
+
+
+@pytest.fixture
+def empty_url(backend: str, tmp_path: Path) -> Iterator[URL]:
+    """A fresh database of ``backend`` with no tables, for migration tests."""
+    if backend == "sqlite":
+        yield make_url(f"sqlite:///{tmp_path / 'empty.db'}")
+        return
+    with database(_server(backend)) as url:
+        yield url
+
+
+@pytest.fixture
+def new_store(engine: sa.Engine) -> Callable[[], sqlstore.SQLFileStore]:
+    """Makes stores in fresh namespaces on the session engine."""
+    return lambda: sqlstore.SQLFileStore(engine, f"test-{uuid.uuid4().hex}")
