@@ -14,8 +14,10 @@ from sqlalchemy.engine import URL
 
 
 def migrations_dir() -> Path:
-    """Where the Alembic revisions are: inside the package when installed from a wheel,
-    else the checkout's top-level ``migrations/``.
+    """The directory holding sqlstore's Alembic environment and revisions.
+
+    Inside the package when installed from a wheel, else the checkout's top-level
+    ``migrations/``.
     """
     packaged = Path(str(resources.files("sqlstore"))) / "_migrations"
     if (packaged / "env.py").is_file():
@@ -80,5 +82,3 @@ def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) ->
     finally:
         if owned:
             engine.dispose()
-
-

@@ -1,4 +1,4 @@
-"""Path and namespace rules shared by every dialect.
+r"""Path and namespace rules shared by every dialect.
 
 Paths are normalised the way the OpenHands ``LocalFileStore`` does it, then encoded
 into the keys the schema stores:
@@ -48,7 +48,7 @@ def check_namespace(namespace: object) -> str:
 
 
 def normalize(path: object) -> str:
-    """Normalise ``path`` as ``LocalFileStore`` does; the root is ``""``.
+    r"""Normalise ``path`` as ``LocalFileStore`` does; the root is ``""``.
 
     A leading ``/`` is stripped, ``\\`` becomes ``/``, then POSIX ``normpath`` applies.
 

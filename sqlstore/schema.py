@@ -61,6 +61,7 @@ class BytewiseString(TypeDecorator[str]):
         self.length = length
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """The column type this dialect stores."""
         if dialect.name in _MYSQL:
             return dialect.type_descriptor(mysql.VARBINARY(self.length * 4))
         if dialect.name == "postgresql":
@@ -68,11 +69,13 @@ class BytewiseString(TypeDecorator[str]):
         return dialect.type_descriptor(String(self.length))
 
     def process_bind_param(self, value: str | None, dialect: Dialect) -> Any:
+        """Encode to UTF-8 where the column is binary."""
         if value is not None and dialect.name in _MYSQL:
             return value.encode("utf-8")
         return value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        """Decode what a binary column returns."""
         if isinstance(value, bytes | bytearray):
             return bytes(value).decode("utf-8")
         return value  # type: ignore[no-any-return]

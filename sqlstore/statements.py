@@ -36,9 +36,7 @@ _from_low = _f.parent >= bindparam("low")
 
 def _first_in(where: Any) -> Select[Any]:
     """The first file row, in key order, whose parent key matches ``where``."""
-    return (
-        select(_f.name, _f.parent).where(_ns, where).order_by(_f.parent, _f.name).limit(1)
-    )
+    return select(_f.name, _f.parent).where(_ns, where).order_by(_f.parent, _f.name).limit(1)
 
 
 class Statements:
@@ -50,9 +48,7 @@ class Statements:
             _f.file_id == bindparam("fid")
         )
         self.read_chunks = (
-            select(chunks.c.data)
-            .where(chunks.c.file_id == bindparam("fid"))
-            .order_by(chunks.c.seq)
+            select(chunks.c.data).where(chunks.c.file_id == bindparam("fid")).order_by(chunks.c.seq)
         )
         self.exists = select(
             or_(

@@ -161,9 +161,11 @@ class SQLFileStore:
             return
         # Nothing was written: find out which tree rule refused it.
         if ancestor_ids:
-            blocking = self._run(lambda conn: conn.execute(
-                self._sql.files_among, {"fids": ancestor_ids}
-            ).scalars().all())
+            blocking = self._run(
+                lambda conn: (
+                    conn.execute(self._sql.files_among, {"fids": ancestor_ids}).scalars().all()
+                )
+            )
             if blocking:
                 raise FileExistsError(f"a parent directory of {path!r} is a file")
         raise IsADirectoryError(f"{path!r} is a directory")

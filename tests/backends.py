@@ -20,7 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 DEFAULTS = {
-    "postgresql": ("SQLSTORE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "postgresql": (
+        "SQLSTORE_TEST_POSTGRES_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+    ),
     "mysql": ("SQLSTORE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 BACKENDS = ("sqlite", "postgresql", "mysql")

@@ -1,4 +1,4 @@
-"""The FileStore contract (shared/docs/filestore-contract.md), clause by clause, on every backend."""
+"""The FileStore contract (shared/docs/filestore-contract.md), clause by clause."""
 
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def test_with_namespace_shares_the_engine(store: SQLFileStore) -> None:
 # -- paths --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spelling", ["a/b.json", "/a/b.json", "a\\b.json", "./a/b.json", "a/x/../b.json", "a//b.json"])
+@pytest.mark.parametrize(
+    "spelling", ["a/b.json", "/a/b.json", "a\\b.json", "./a/b.json", "a/x/../b.json", "a//b.json"]
+)
 def test_paths_are_normalised_like_local_file_store(store: SQLFileStore, spelling: str) -> None:
     store.write(spelling, "v")
     assert store.read("a/b.json") == "v"
@@ -114,7 +116,9 @@ def test_nul_in_a_path_is_a_value_error(store: SQLFileStore) -> None:
 
 
 def test_path_length_limit(store: SQLFileStore) -> None:
-    longest = "/".join(["d" * 99] * 10) + "/" + "😀" * 24  # 1024 characters, 4-byte UTF-8 at the end
+    longest = (
+        "/".join(["d" * 99] * 10) + "/" + "😀" * 24
+    )  # 1024 characters, 4-byte UTF-8 at the end
     assert len(longest) == paths.MAX_PATH_LENGTH
     store.write(longest, "x")
     assert store.read(longest) == "x"
@@ -300,7 +304,16 @@ def test_list_of_a_file_echoes_the_path_as_passed(store: SQLFileStore) -> None:
 
 
 def test_list_shows_direct_children_sorted_with_slash_on_dirs(store: SQLFileStore) -> None:
-    for path in ("d/b.json", "d/a.json", "d/sub/deep/x", "d/sub/y", "d/c/z", "d/.hidden", "d-x/q", "d.d/r"):
+    for path in (
+        "d/b.json",
+        "d/a.json",
+        "d/sub/deep/x",
+        "d/sub/y",
+        "d/c/z",
+        "d/.hidden",
+        "d-x/q",
+        "d.d/r",
+    ):
         store.write(path, "1")
     assert store.list("d") == ["d/.hidden", "d/a.json", "d/b.json", "d/c/", "d/sub/"]
     assert store.list("d/") == ["d/.hidden", "d/a.json", "d/b.json", "d/c/", "d/sub/"]
@@ -362,10 +375,14 @@ def kill_other_sessions(engine: sa.Engine, backend: str) -> None:
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
         else:
-            ids = conn.exec_driver_sql(
-                "SELECT id FROM information_schema.processlist"
-                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-            ).scalars().all()
+            ids = (
+                conn.exec_driver_sql(
+                    "SELECT id FROM information_schema.processlist"
+                    " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+                )
+                .scalars()
+                .all()
+            )
             for session in ids:
                 conn.exec_driver_sql(f"KILL {int(session)}")
     admin.dispose()
@@ -509,7 +526,9 @@ def test_sdk_file_store_isinstance_without_importing_the_sdk() -> None:
         "assert isinstance(sqlstore.SQLFileStore(e, 'n'), FileStore)\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.stdout.strip() == "ok", result.stderr
 
 
@@ -521,5 +540,7 @@ def test_sdk_imported_first_also_works() -> None:
         "assert isinstance(sqlstore.SQLFileStore(e, 'n'), FileStore)\n"
         "print('ok')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
     assert result.stdout.strip() == "ok", result.stderr

@@ -118,9 +118,7 @@ def on_conflict_upsert(
     stmt = insert(table).from_select(list(columns), source)
     values: dict[str, Any] = {name: stmt.excluded[name] for name in replace}
     values[touch] = func.now()
-    result: Insert = stmt.on_conflict_do_update(
-        index_elements=list(table.primary_key), set_=values
-    )
+    result: Insert = stmt.on_conflict_do_update(index_elements=list(table.primary_key), set_=values)
     return result
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
@@ -88,11 +88,13 @@ class MySQLStrategy(DialectStrategy):
                 conn.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()")
 
     def is_transient(self, exc: DBAPIError) -> bool:
-        if exc.connection_invalidated:
-            return True
-        args = getattr(exc.orig, "args", ())
-        return bool(args) and args[0] in _TRANSIENT
+        return exc.connection_invalidated or _error_number(exc) in _TRANSIENT
 
     def is_busy(self, exc: DBAPIError) -> bool:
-        args = getattr(exc.orig, "args", ())
-        return bool(args) and args[0] == _LOCK_WAIT_TIMEOUT
+        return _error_number(exc) == _LOCK_WAIT_TIMEOUT
+
+
+def _error_number(exc: DBAPIError) -> int | None:
+    """The MySQL error number PyMySQL puts first in its exception's args."""
+    args: tuple[object, ...] = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None

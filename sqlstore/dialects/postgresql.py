@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table
 from sqlalchemy.dialects.postgresql import insert

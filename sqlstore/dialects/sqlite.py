@@ -7,7 +7,7 @@ lock block and every write on that file, whatever its path. Readers never wait (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from sqlalchemy import Connection, Insert, Select, Table
 from sqlalchemy.dialects.sqlite import insert
