@@ -2,8 +2,9 @@
 
 Thousands of stores (one per conversation) share one engine and its pool. What they
 share beyond the pool lives in one :class:`EngineState` per pool: the dialect
-strategy, whether the schema was found at the right revision, and each thread's open
-lock-block transaction, which every store on the engine joins.
+strategy, the compiled statements, whether the schema was found at the right
+revision, and each thread's open lock-block transaction, which every store on the
+engine joins.
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import Pool, PoolProxiedConnection
+from sqlalchemy.sql import ClauseElement
 
 from .dialects import DialectStrategy, strategy_for
 from .errors import SchemaError
+from .prepared import Prepared
 from .schema import SCHEMA_REVISION, VERSION_TABLE
+from .session import Session
+from .statements import Statements
 
 _AUTOCOMMIT = "AUTOCOMMIT"
 
@@ -51,21 +55,20 @@ def create_engine(
         UnsupportedDialectError: the URL names a database sqlstore does not support.
     """
     url = make_url(url)
-    options: dict[str, Any] = {}
     if url.get_backend_name() == "sqlite":
         strategy: DialectStrategy = strategy_for(
             "sqlite", synchronous=sqlite_synchronous, busy_timeout=sqlite_busy_timeout
         )
     else:
         strategy = strategy_for(url.get_backend_name())
-    options.update(
-        isolation_level=_AUTOCOMMIT,
+    options: dict[str, Any] = {
+        "isolation_level": _AUTOCOMMIT,
         # Every transaction sqlstore opens, it ends itself; a rollback on each pool
         # check-in would only add a round trip.
-        skip_autocommit_rollback=True,
-    )
-    options.update(strategy.engine_options(url))
-    options.update(engine_options)
+        "skip_autocommit_rollback": True,
+        **strategy.engine_options(url),
+        **engine_options,
+    }
     engine = sqlalchemy.create_engine(url, **options)
     event.listen(engine, "connect", lambda dbapi_conn, _record: strategy.on_connect(dbapi_conn))
     _register(engine, strategy)
@@ -76,7 +79,7 @@ def create_engine(
 class LockBlock:
     """A thread's open lock-block transaction on one engine."""
 
-    conn: Connection
+    session: Session
     held: set[bytes] = field(default_factory=set)
     depth: int = 0
 
@@ -85,13 +88,41 @@ class EngineState:
     """What every store on one engine (one pool) shares."""
 
     def __init__(self, engine: Engine, strategy: DialectStrategy) -> None:
+        self.engine = engine
         self.strategy = strategy
-        # Stores run single statements in autocommit mode whatever the caller's engine
-        # default is; this option engine shares the caller's pool.
-        self.engine = _autocommit(engine)
+        self.statements = Statements(strategy)
+        self.dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._prepared: dict[int, Prepared] = {}
         self._local = threading.local()
         self._schema_ok = False
         self._schema_lock = threading.Lock()
+
+    def prepared(self, statement: ClauseElement) -> Prepared:
+        """``statement`` compiled for this engine's dialect (compiled once)."""
+        found = self._prepared.get(id(statement))
+        if found is None:
+            # Statements live as long as self.statements, so their ids stay unique.
+            found = self._prepared.setdefault(
+                id(statement), Prepared(statement, self.engine.dialect)
+            )
+        return found
+
+    def checkout(self) -> Session:
+        """A pooled connection in autocommit mode; ``close()`` it when done."""
+        return Session(self, self.engine.raw_connection())
+
+    def is_disconnect(self, exc: BaseException, session: Session | None) -> bool:
+        """Whether ``exc`` means the connection is gone (SQLAlchemy's own test)."""
+        dbapi_connection = None if session is None else session.connection.dbapi_connection
+        return bool(self.engine.dialect.is_disconnect(cast(Any, exc), dbapi_connection, None))
+
+    def invalidate(self, connection: PoolProxiedConnection, exc: BaseException | None) -> None:
+        """Discard ``connection`` and every pooled connection as old as it.
+
+        This is what SQLAlchemy's ``Connection`` does on a disconnect: when the server
+        restarted, every idle connection in the pool is dead too.
+        """
+        self.engine.pool._invalidate(connection, exc)
 
     @property
     def lock_block(self) -> LockBlock | None:
@@ -103,7 +134,7 @@ class EngineState:
     def lock_block(self, block: LockBlock | None) -> None:
         self._local.block = block
 
-    def check_schema(self, conn: Connection) -> None:
+    def check_schema(self, session: Session) -> None:
         """Raise :class:`SchemaError` unless the schema is at this code's revision.
 
         Checked once per engine; a failure is not remembered, so migrating and then
@@ -115,14 +146,13 @@ class EngineState:
             if self._schema_ok:
                 return
             try:
-                found = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars()
-                revisions = list(found)
-            except DBAPIError as exc:
-                if self.strategy.is_transient(exc):
+                found = session.sql(f"SELECT version_num FROM {VERSION_TABLE}")
+            except self.dbapi_error as exc:
+                if self.is_disconnect(exc, session) or self.strategy.is_transient(exc):
                     raise
                 raise SchemaError(_schema_message(self.engine.url, None)) from exc
-            if revisions != [SCHEMA_REVISION]:
-                raise SchemaError(_schema_message(self.engine.url, revisions))
+            if found != SCHEMA_REVISION:
+                raise SchemaError(_schema_message(self.engine.url, found))
             self._schema_ok = True
 
 
@@ -147,21 +177,13 @@ def _register(engine: Engine, strategy: DialectStrategy) -> EngineState:
     return state
 
 
-def _autocommit(engine: Engine) -> Engine:
-    if engine.get_execution_options().get("isolation_level") == _AUTOCOMMIT:
-        return engine
-    if getattr(engine.dialect, "_on_connect_isolation_level", None) == _AUTOCOMMIT:
-        return engine
-    return engine.execution_options(isolation_level=_AUTOCOMMIT)
-
-
 def safe_url(url: URL) -> str:
     """``url`` as a string with any password masked."""
     return url.render_as_string(hide_password=True)
 
 
-def _schema_message(url: URL, found: list[str] | None) -> str:
-    where = "no sqlstore schema" if found is None else f"schema revision {found or 'none'}"
+def _schema_message(url: URL, found: str | None) -> str:
+    where = "no sqlstore schema" if found is None else f"schema revision {found!r}"
     return (
         f"{safe_url(url)} has {where}; this sqlstore needs revision {SCHEMA_REVISION}. "
         f"Bring it to head with `sqlstore.migrate(url)` or, in a checkout, "

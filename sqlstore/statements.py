@@ -1,7 +1,7 @@
-"""Every statement the store runs, built once per dialect from the Core tables.
+"""Every statement the store runs, built once per engine from the Core tables.
 
-Statements take their values through named bind parameters, so each is compiled once
-per engine and then served from SQLAlchemy's compiled cache.
+Values travel as named bind parameters, so each statement is compiled once (see
+:mod:`sqlstore.prepared`) however many stores and calls use it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.sql import CompoundSelect
 
 from .dialects import DialectStrategy
 from .schema import Content, DirKey, FileId, chunks, files
@@ -32,6 +33,7 @@ _f = files.c
 _ns = _f.namespace == bindparam("ns")
 _in_range = and_(_f.parent >= bindparam("low"), _f.parent < bindparam("high"))
 _from_low = _f.parent >= bindparam("low")
+_WRITTEN = ("file_id", "namespace", "parent", "name", "content", "size", "chunk_count")
 
 
 def _first_in(where: Any) -> Select[Any]:
@@ -39,14 +41,21 @@ def _first_in(where: Any) -> Select[Any]:
     return select(_f.name, _f.parent).where(_ns, where).order_by(_f.parent, _f.name).limit(1)
 
 
+def ancestor_names(depth: int) -> list[str]:
+    """Bind parameter names for the file ids of a path's ``depth`` ancestors."""
+    return [f"a{i}" for i in range(depth)]
+
+
 class Statements:
-    """The prepared statements of one dialect."""
+    """The statements of one dialect, as Core objects."""
 
     def __init__(self, strategy: DialectStrategy) -> None:
+        self._strategy = strategy
+        self._writes: dict[int, Insert] = {}
+
         # -- reads ---------------------------------------------------------------
-        self.read = select(_f.content, _f.chunk_count, _f.size).where(
-            _f.file_id == bindparam("fid")
-        )
+        self.read = select(_f.content, _f.chunk_count).where(_f.file_id == bindparam("fid"))
+        self.is_file = select(_f.file_id).where(_f.file_id == bindparam("fid"))
         self.read_chunks = (
             select(chunks.c.data).where(chunks.c.file_id == bindparam("fid")).order_by(chunks.c.seq)
         )
@@ -57,11 +66,8 @@ class Statements:
             )
         )
         self.is_dir = select(exists().where(_ns, _in_range))
-        self.files_among = select(_f.file_id).where(
-            _f.file_id.in_(bindparam("fids", expanding=True))
-        )
 
-        # -- list: direct files, the path itself as a file, the first subdirectory ----
+        # -- list: direct files, the path itself as a file, the first subdirectory --
         kind = literal_column
         direct = select(kind("1"), _f.name, _f.parent).where(_ns, _f.parent == bindparam("key"))
         itself = select(kind("2"), _f.name, _f.parent).where(_f.file_id == bindparam("fid"))
@@ -70,31 +76,12 @@ class Statements:
             sub = _first_in(where).subquery()
             return select(kind("3"), sub.c.name, sub.c.parent)
 
-        self.list_dir = union_all(direct, itself, first_subdir(_in_range))
-        self.list_root = union_all(direct, first_subdir(_from_low))
+        self.list_dir: CompoundSelect[Any] = union_all(direct, itself, first_subdir(_in_range))
+        self.list_root: CompoundSelect[Any] = union_all(direct, first_subdir(_from_low))
         self.next_subdir = _first_in(_in_range)
         self.next_subdir_root = _first_in(_from_low)
 
-        # -- write: insert or overwrite, unless an ancestor is a file or the path a dir --
-        source = select(
-            bindparam("fid", type_=FileId),
-            bindparam("ns", type_=_f.namespace.type),
-            bindparam("key", type_=DirKey),
-            bindparam("name", type_=_f.name.type),
-            bindparam("content", type_=Content),
-            bindparam("size", type_=BigInteger),
-            bindparam("chunk_count", type_=Integer),
-        ).where(
-            ~exists().where(_f.file_id.in_(bindparam("ancestors", expanding=True))),
-            ~exists().where(_ns, _in_range),
-        )
-        self.write: Insert = strategy.upsert(
-            files,
-            ("file_id", "namespace", "parent", "name", "content", "size", "chunk_count"),
-            source,
-            replace=("content", "size", "chunk_count"),
-            touch="updated_at",
-        ).execution_options(preserve_rowcount=True)  # 0 rows written: a tree rule refused
+        # -- chunks (dialects with a chunk_size) -----------------------------------
         self.insert_chunk = insert(chunks)
         self.delete_chunks = delete(chunks).where(chunks.c.file_id == bindparam("fid"))
 
@@ -109,5 +96,36 @@ class Statements:
             chunks.c.file_id.in_(select(_f.file_id).where(_ns))
         )
 
+    def write(self, depth: int) -> Insert:
+        """Insert or overwrite a file ``depth`` directories deep, unless a tree rule forbids it.
 
-__all__ = ["Statements"]
+        Nothing is written (0 rows) when one of the ancestors (bind parameters ``a0``...)
+        is a file, or when the path is a directory (a file lies in ``[low, high)``).
+        One statement per depth keeps each one a fixed string.
+        """
+        stmt = self._writes.get(depth)
+        if stmt is not None:
+            return stmt
+        source = select(
+            bindparam("fid", type_=FileId),
+            bindparam("ns", type_=_f.namespace.type),
+            bindparam("key", type_=DirKey),
+            bindparam("name", type_=_f.name.type),
+            bindparam("content", type_=Content),
+            bindparam("size", type_=BigInteger),
+            bindparam("chunk_count", type_=Integer),
+        ).where(~exists().where(_ns, _in_range))
+        if depth:
+            ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
+            source = source.where(~exists().where(_f.file_id.in_(ancestors)))
+        stmt = self._strategy.upsert(
+            files,
+            _WRITTEN,
+            source,
+            replace=("content", "size", "chunk_count"),
+            touch="updated_at",
+        )
+        return self._writes.setdefault(depth, stmt)
+
+
+__all__ = ["Statements", "ancestor_names"]

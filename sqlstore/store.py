@@ -14,14 +14,14 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
 from . import paths
 from .engine import EngineState, LockBlock, create_engine, safe_url, state_for
 from .errors import DatabaseError, FileTooLargeError, LockTimeoutError
-from .statements import Statements
+from .session import Session
+from .statements import ancestor_names
 
 T = TypeVar("T")
 
@@ -29,8 +29,6 @@ T = TypeVar("T")
 RETRY_ATTEMPTS = 4
 #: Seconds before the first retry; doubled for each further one.
 RETRY_BACKOFF = 0.05
-
-_statements: dict[type, Statements] = {}
 
 
 class SQLFileStore:
@@ -60,11 +58,9 @@ class SQLFileStore:
         self._state: EngineState = state_for(engine)
         self._strategy = self._state.strategy
         self._engine = self._state.engine
+        self._sql = self._state.statements
+        self._prepared = self._state.prepared
         self._owns_engine = False
-        sql = _statements.get(type(self._strategy))
-        if sql is None:
-            sql = _statements.setdefault(type(self._strategy), Statements(self._strategy))
-        self._sql = sql
 
     @classmethod
     def from_url(cls, url: str | URL, namespace: str, **engine_options: Any) -> SQLFileStore:
@@ -125,49 +121,48 @@ class SQLFileStore:
                 f"{path!r}: {len(data)} bytes exceed the {self._engine.dialect.name} "
                 f"limit of {limit} bytes; nothing was written"
             )
+        ns = self._namespace
         parent, name = paths.split(path_n)
         low, high = paths.subtree_range(path_n)
-        fid = paths.file_id(self._namespace, path_n)
-        ancestor_ids = [paths.file_id(self._namespace, a) for a in paths.ancestors(path_n)]
+        fid = paths.file_id(ns, path_n)
+        ancestor_ids = [paths.file_id(ns, a) for a in paths.ancestors(path_n)]
         size = self._strategy.chunk_size
         pieces = [data] if size is None or len(data) <= size else _split(data, size)
-        params = {
+        params: dict[str, Any] = {
             "fid": fid,
-            "ns": self._namespace,
+            "ns": ns,
             "key": paths.dir_key(parent),
             "name": name,
             "content": pieces[0],
             "size": len(data),
             "chunk_count": len(pieces) - 1,
-            "ancestors": ancestor_ids,
             "low": low,
             "high": high,
         }
+        params.update(zip(ancestor_names(len(ancestor_ids)), ancestor_ids, strict=True))
+        write = self._prepared(self._sql.write(len(ancestor_ids)))
 
-        def run(conn: Connection) -> int:
+        def run(session: Session) -> int:
             if size is None:
-                return conn.execute(self._sql.write, params).rowcount
-            with self._transaction(conn):
-                written = conn.execute(self._sql.write, params).rowcount
-                conn.execute(self._sql.delete_chunks, {"fid": fid})
-                if written and len(pieces) > 1:
-                    for seq, piece in enumerate(pieces[1:], start=1):
-                        conn.execute(
-                            self._sql.insert_chunk, {"file_id": fid, "seq": seq, "data": piece}
-                        )
+                return session.rowcount(write, params)
+            with self._transaction(session):
+                written = session.rowcount(write, params)
+                session.rowcount(self._prepared(self._sql.delete_chunks), {"fid": fid})
+                insert = self._prepared(self._sql.insert_chunk)
+                for seq, piece in enumerate(pieces[1:] if written else [], start=1):
+                    session.rowcount(insert, {"file_id": fid, "seq": seq, "data": piece})
                 return written
 
         if self._run(run):
             return
         # Nothing was written: find out which tree rule refused it.
-        if ancestor_ids:
-            blocking = self._run(
-                lambda conn: (
-                    conn.execute(self._sql.files_among, {"fids": ancestor_ids}).scalars().all()
-                )
-            )
-            if blocking:
-                raise FileExistsError(f"a parent directory of {path!r} is a file")
+        is_file = self._prepared(self._sql.is_file)
+
+        def blocking_file(session: Session) -> bool:
+            return any(session.first(is_file, {"fid": a}) for a in ancestor_ids)
+
+        if self._run(blocking_file):
+            raise FileExistsError(f"a parent directory of {path!r} is a file")
         raise IsADirectoryError(f"{path!r} is a directory")
 
     def read(self, path: str) -> str:
@@ -194,21 +189,23 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
-        fid = paths.file_id(self._namespace, path_n)
+        params = {"fid": paths.file_id(self._namespace, path_n)}
+        read = self._prepared(self._sql.read)
 
-        def run(conn: Connection) -> bytes | None:
-            row = conn.execute(self._sql.read, {"fid": fid}).first()
+        def run(session: Session) -> bytes | None:
+            row = session.first(read, params)
             if row is None:
                 return None
-            if not row.chunk_count:
-                return bytes(row.content)
+            content, chunk_count = row
+            if not chunk_count:
+                return bytes(content)
             # A chunked file: read the row and its chunks from one snapshot.
-            with self._transaction(conn, snapshot=True):
-                row = conn.execute(self._sql.read, {"fid": fid}).first()
+            with self._transaction(session, snapshot=True):
+                row = session.first(read, params)
                 if row is None:
                     return None
-                rest = conn.execute(self._sql.read_chunks, {"fid": fid}).scalars().all()
-            return b"".join([bytes(row.content), *map(bytes, rest)])
+                rest = session.all(self._prepared(self._sql.read_chunks), params)
+            return b"".join([bytes(row[0]), *(bytes(chunk) for (chunk,) in rest)])
 
         data = self._run(run)
         if data is not None:
@@ -234,7 +231,9 @@ class SQLFileStore:
             "low": low,
             "high": high,
         }
-        return bool(self._run(lambda conn: conn.execute(self._sql.exists, params).scalar()))
+        query = self._prepared(self._sql.exists)
+        row = self._run(lambda session: session.first(query, params))
+        return bool(row and row[0])
 
     def list(self, path: str) -> list[str]:
         """List a directory's direct children, or echo a file's path.
@@ -250,7 +249,7 @@ class SQLFileStore:
                 retried: the SDK treats any error here as an empty directory).
         """
         path_n = paths.normalize(path)
-        entries = self._run(lambda conn: self._list(conn, path_n))
+        entries = self._run(lambda session: self._list(session, path_n))
         if entries is None:
             return [path]
         return [
@@ -258,18 +257,18 @@ class SQLFileStore:
             for name, is_dir in sorted(entries.items())
         ]
 
-    def _list(self, conn: Connection, path_n: str) -> dict[str, bool] | None:
+    def _list(self, session: Session, path_n: str) -> dict[str, bool] | None:
         """Map each child name to whether it is a directory; ``None`` if a file."""
         ns = self._namespace
         low, high = paths.strict_subdir_range(path_n)
         params: dict[str, Any] = {"ns": ns, "key": paths.dir_key(path_n), "low": low}
         if path_n == paths.ROOT:
-            rows = conn.execute(self._sql.list_root, params).all()
-            probe = self._sql.next_subdir_root
+            rows = session.all(self._prepared(self._sql.list_root), params)
+            probe = self._prepared(self._sql.next_subdir_root)
         else:
             params.update(high=high, fid=paths.file_id(ns, path_n))
-            rows = conn.execute(self._sql.list_dir, params).all()
-            probe = self._sql.next_subdir
+            rows = session.all(self._prepared(self._sql.list_dir), params)
+            probe = self._prepared(self._sql.next_subdir)
         entries: dict[str, bool] = {}
         subdir: bytes | None = None
         for kind, name, parent in rows:
@@ -285,8 +284,8 @@ class SQLFileStore:
             child = paths.child_dir_of(path_n, subdir)
             entries[child] = True
             params["low"] = paths.after_child_dir(path_n, child)
-            row = conn.execute(probe, params).first()
-            subdir = None if row is None else bytes(row.parent)
+            row = session.first(probe, params)
+            subdir = None if row is None else bytes(row[1])
         return entries
 
     def delete(self, path: str) -> None:
@@ -299,9 +298,10 @@ class SQLFileStore:
             DatabaseError: the database failed.
         """
         path_n = paths.normalize(path)
+        sql = self._sql
         if path_n == paths.ROOT:
             params: dict[str, Any] = {"ns": self._namespace}
-            stmt, chunk_stmt = self._sql.delete_namespace, self._sql.delete_namespace_chunks
+            stmt, chunk_stmt = sql.delete_namespace, sql.delete_namespace_chunks
         else:
             low, high = paths.subtree_range(path_n)
             params = {
@@ -310,15 +310,16 @@ class SQLFileStore:
                 "low": low,
                 "high": high,
             }
-            stmt, chunk_stmt = self._sql.delete_path, self._sql.delete_path_chunks
+            stmt, chunk_stmt = sql.delete_path, sql.delete_path_chunks
+        delete, delete_chunks = self._prepared(stmt), self._prepared(chunk_stmt)
 
-        def run(conn: Connection) -> None:
+        def run(session: Session) -> None:
             if self._strategy.chunk_size is None:
-                conn.execute(stmt, params)
+                session.rowcount(delete, params)
                 return
-            with self._transaction(conn):
-                conn.execute(chunk_stmt, params)
-                conn.execute(stmt, params)
+            with self._transaction(session):
+                session.rowcount(delete_chunks, params)
+                session.rowcount(delete, params)
 
         self._run(run)
 
@@ -356,11 +357,11 @@ class SQLFileStore:
         Raises:
             LockTimeoutError: (a ``TimeoutError``) not acquired within ``timeout``
                 seconds, or ``path`` is already locked by this thread.
-            ValueError: ``path`` is invalid.
+            ValueError: ``path`` or ``timeout`` is invalid.
             DatabaseError: the database failed; the block's writes are rolled back.
         """
         path_n = paths.normalize(path)
-        if not isinstance(timeout, int | float) or timeout != timeout:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         key = paths.lock_key(self._namespace, path_n)
         block = self._state.lock_block
@@ -375,46 +376,41 @@ class SQLFileStore:
 
     @contextmanager
     def _outer_block(self, key: bytes, timeout: float) -> Iterator[None]:
-        conn = self._connect_checked()
+        session = self._checkout()
         try:
-            try:
-                self._strategy.begin_locked(conn, key, timeout)
-            except DBAPIError as exc:
-                raise self._translate(exc) from exc
-            block = LockBlock(conn, {key})
+            self._guard(session, lambda: self._strategy.begin_locked(session, key, timeout))
+            block = LockBlock(session, {key})
             self._state.lock_block = block
             try:
                 yield
             except BaseException:
                 self._state.lock_block = None
-                self._end(conn, commit=False, keys=block.held)
+                self._end(session, commit=False, keys=block.held)
                 raise
             self._state.lock_block = None
-            self._end(conn, commit=True, keys=block.held)
+            self._end(session, commit=True, keys=block.held)
         finally:
-            conn.close()
+            session.close()
 
     @contextmanager
     def _nested_block(self, block: LockBlock, key: bytes, timeout: float) -> Iterator[None]:
-        conn = block.conn
+        session = block.session
         block.depth += 1
         savepoint = f"sqlstore_{block.depth}"
         try:
-            self._sql_text(conn, f"SAVEPOINT {savepoint}")
+            self._guard(session, lambda: session.sql(f"SAVEPOINT {savepoint}"))
             try:
-                self._strategy.acquire_nested(conn, key, timeout)
-            except BaseException as exc:
-                self._sql_text(conn, f"ROLLBACK TO SAVEPOINT {savepoint}")
-                if isinstance(exc, DBAPIError):
-                    raise self._translate(exc) from exc
+                self._guard(session, lambda: self._strategy.acquire_nested(session, key, timeout))
+            except BaseException:
+                self._guard(session, lambda: session.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
                 raise
             block.held.add(key)
             try:
                 yield
             except BaseException:
-                self._sql_text(conn, f"ROLLBACK TO SAVEPOINT {savepoint}")
+                self._guard(session, lambda: session.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
                 raise
-            self._sql_text(conn, f"RELEASE SAVEPOINT {savepoint}")
+            self._guard(session, lambda: session.sql(f"RELEASE SAVEPOINT {savepoint}"))
         finally:
             block.depth -= 1
 
@@ -442,9 +438,11 @@ class SQLFileStore:
     def _is_dir(self, path_n: str) -> bool:
         low, high = paths.subtree_range(path_n)
         params = {"ns": self._namespace, "low": low, "high": high}
-        return bool(self._run(lambda conn: conn.execute(self._sql.is_dir, params).scalar()))
+        query = self._prepared(self._sql.is_dir)
+        row = self._run(lambda session: session.first(query, params))
+        return bool(row and row[0])
 
-    def _run(self, work: Callable[[Connection], T]) -> T:
+    def _run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in the thread's lock block, or on a pooled autocommit connection.
 
         Outside a lock block every call is idempotent, so a transient failure (a dropped
@@ -455,87 +453,102 @@ class SQLFileStore:
         """
         block = self._state.lock_block
         if block is not None:
-            try:
-                return work(block.conn)
-            except DBAPIError as exc:
-                raise self._translate(exc) from exc
+            return self._guard(block.session, lambda: work(block.session))
         delay = RETRY_BACKOFF
         for attempt in range(RETRY_ATTEMPTS):
+            session = None
             try:
-                with self._engine.connect() as conn:
-                    self._state.check_schema(conn)
-                    return work(conn)
-            except DBAPIError as exc:
-                if attempt + 1 < RETRY_ATTEMPTS and self._strategy.is_transient(exc):
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
-                raise self._translate(exc) from exc
+                session = self._state.checkout()
+                self._state.check_schema(session)
+                result = work(session)
+                session.close()
+                return result
+            except self._state.dbapi_error as exc:
+                retry = self._classify(exc, session) and attempt + 1 < RETRY_ATTEMPTS
+                if not retry:
+                    raise self._translate(exc) from exc
+            except BaseException:
+                if session is not None:
+                    session.close()
+                raise
+            time.sleep(delay)
+            delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _connect_checked(self) -> Connection:
+    def _checkout(self) -> Session:
+        """A connection with the schema checked, for a lock block (retried like ``_run``)."""
+
+        def checked(session: Session) -> Session:
+            self._state.check_schema(session)
+            return session
+
         delay = RETRY_BACKOFF
         for attempt in range(RETRY_ATTEMPTS):
-            conn = None
+            session = None
             try:
-                conn = self._engine.connect()
-                self._state.check_schema(conn)
-                return conn
-            except DBAPIError as exc:
-                if conn is not None:
-                    conn.close()
-                if attempt + 1 < RETRY_ATTEMPTS and self._strategy.is_transient(exc):
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
-                raise self._translate(exc) from exc
+                session = self._state.checkout()
+                return checked(session)
+            except self._state.dbapi_error as exc:
+                if not (self._classify(exc, session) and attempt + 1 < RETRY_ATTEMPTS):
+                    raise self._translate(exc) from exc
             except BaseException:
-                if conn is not None:
-                    conn.close()
+                if session is not None:
+                    session.close()
                 raise
+            time.sleep(delay)
+            delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _classify(self, exc: BaseException, session: Session | None) -> bool:
+        """Give back or discard the session after ``exc``; whether a retry may help."""
+        disconnect = self._state.is_disconnect(exc, session)
+        if session is not None:
+            if disconnect:
+                session.invalidate(exc)
+            else:
+                session.close()
+        return disconnect or self._strategy.is_transient(exc)
+
+    def _guard(self, session: Session, step: Callable[[], T]) -> T:
+        """Run one step on a lock block's connection, converting driver errors."""
+        try:
+            return step()
+        except self._state.dbapi_error as exc:
+            raise self._translate(exc) from exc
 
     @contextmanager
-    def _transaction(self, conn: Connection, *, snapshot: bool = False) -> Iterator[None]:
-        """A transaction for multi-statement work; inside a lock block, a savepoint."""
+    def _transaction(self, session: Session, *, snapshot: bool = False) -> Iterator[None]:
+        """A transaction for multi-statement work; inside a lock block, nothing to add."""
         block = self._state.lock_block
-        if block is not None and block.conn is conn:
+        if block is not None and block.session is session:
             yield  # already atomic: the lock block commits or rolls back as a whole
             return
-        self._strategy.begin(conn, snapshot=snapshot)
+        self._strategy.begin(session, snapshot=snapshot)
         try:
             yield
         except BaseException:
-            self._end(conn, commit=False)
+            self._end(session, commit=False)
             raise
-        self._end(conn, commit=True)
+        self._end(session, commit=True)
 
-    def _end(self, conn: Connection, *, commit: bool, keys: set[bytes] | None = None) -> None:
+    def _end(self, session: Session, *, commit: bool, keys: set[bytes] | None = None) -> None:
         try:
-            self._strategy.end(conn, commit=commit, keys=keys or ())
-        except DBAPIError as exc:
+            self._strategy.end(session, commit=commit, keys=keys or ())
+        except BaseException as exc:
             # The transaction's fate is unknown and session locks may still be held:
             # never hand this connection to anyone else.
-            conn.invalidate()
-            raise self._translate(exc) from exc
-        except BaseException:
-            conn.invalidate()
+            session.invalidate(exc)
+            if isinstance(exc, self._state.dbapi_error):
+                raise self._translate(exc) from exc
             raise
 
-    def _sql_text(self, conn: Connection, sql: str) -> None:
-        try:
-            conn.exec_driver_sql(sql)
-        except DBAPIError as exc:
-            raise self._translate(exc) from exc
-
-    def _translate(self, exc: DBAPIError) -> Exception:
+    def _translate(self, exc: BaseException) -> Exception:
         """The sqlstore exception for a driver error (the one place errors are converted)."""
-        orig = exc.orig
         if self._strategy.is_busy(exc):
-            return LockTimeoutError(f"lock wait timed out on {self._engine.dialect.name}: {orig}")
+            return LockTimeoutError(f"lock wait timed out on {self._engine.dialect.name}: {exc}")
         return DatabaseError(
             f"{self._engine.dialect.name} error on {safe_url(self._engine.url)}: "
-            f"{type(orig).__name__}: {orig}"
+            f"{type(exc).__name__}: {exc}"
         )
 
 

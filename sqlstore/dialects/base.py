@@ -9,17 +9,20 @@ Connections run in autocommit mode, so a single statement is its own transaction
 costs no ``BEGIN``/``COMMIT`` round trips. Multi-statement work (a lock block, a
 chunked write) opens an explicit transaction with :meth:`DialectStrategy.begin` or
 :meth:`DialectStrategy.begin_locked` and ends it with :meth:`DialectStrategy.end`.
+Literal SQL here is written in the dialect's DBAPI parameter style.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Connection, Insert, Select, Table, func
+from sqlalchemy import Insert, Select, Table, func
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 
 class DialectStrategy(ABC):
@@ -31,7 +34,7 @@ class DialectStrategy(ABC):
     chunk_size: ClassVar[int | None] = None
     #: Largest content the dialect stores, in bytes; a larger write raises ``FileTooLargeError``.
     max_content_size: ClassVar[int]
-    #: One sentence for the README and ``LockTimeoutError`` messages: what a lock excludes.
+    #: What one lock excludes, for documentation and messages.
     lock_scope: ClassVar[str]
 
     def engine_options(self, url: URL) -> dict[str, Any]:
@@ -40,6 +43,18 @@ class DialectStrategy(ABC):
 
     def on_connect(self, dbapi_connection: Any) -> None:  # noqa: B027 - optional hook
         """Prepare a new DBAPI connection (session settings); called once per connection."""
+
+    @abstractmethod
+    def enter_autocommit(self, dbapi_connection: Any) -> object | None:
+        """Put a DBAPI connection in autocommit mode.
+
+        Returns:
+            ``None`` if it already was; else a token for :meth:`leave_autocommit`.
+        """
+
+    @abstractmethod
+    def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
+        """Restore the mode :meth:`enter_autocommit` changed."""
 
     @abstractmethod
     def upsert(
@@ -60,18 +75,18 @@ class DialectStrategy(ABC):
             touch: A timestamp column set to the current time when the key exists.
         """
 
-    def begin(self, conn: Connection, *, snapshot: bool = False) -> None:
+    def begin(self, session: Session, *, snapshot: bool = False) -> None:
         """Open an explicit transaction on an autocommit connection.
 
         Args:
-            conn: The connection.
+            session: The connection.
             snapshot: Whether every statement in the transaction must see one snapshot
                 (needed to read a chunked file consistently).
         """
-        conn.exec_driver_sql("BEGIN")
+        session.sql("BEGIN")
 
     @abstractmethod
-    def begin_locked(self, conn: Connection, key: bytes, timeout: float) -> None:
+    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
         """Open a transaction that holds the lock ``key`` until :meth:`end`.
 
         Raises:
@@ -80,7 +95,7 @@ class DialectStrategy(ABC):
         """
 
     @abstractmethod
-    def acquire_nested(self, conn: Connection, key: bytes, timeout: float) -> None:
+    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
         """Take another lock inside a transaction opened by :meth:`begin_locked`.
 
         The caller has set a savepoint and rolls back to it if this raises.
@@ -89,21 +104,17 @@ class DialectStrategy(ABC):
             LockTimeoutError: not acquired within ``timeout`` seconds.
         """
 
-    def end(self, conn: Connection, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
+    def end(self, session: Session, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
         """Commit or roll back the open transaction, then release session-level locks."""
-        conn.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
+        session.sql("COMMIT" if commit else "ROLLBACK")
 
     @abstractmethod
-    def is_transient(self, exc: DBAPIError) -> bool:
-        """Whether retrying the same single statement on a fresh connection may succeed."""
+    def is_transient(self, exc: BaseException) -> bool:
+        """Whether a driver error (other than a disconnect) may pass on a fresh connection."""
 
-    def is_busy(self, exc: DBAPIError) -> bool:
-        """Whether ``exc`` means a lock wait ran out (to be raised as ``LockTimeoutError``)."""
+    def is_busy(self, exc: BaseException) -> bool:
+        """Whether a driver error means a lock wait ran out (raised as ``LockTimeoutError``)."""
         return False
-
-    def describe_limit(self) -> str:
-        """Human-readable content size limit, for error messages."""
-        return f"{self.max_content_size} bytes"
 
 
 def on_conflict_upsert(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Insert, Select, Table, func
+from sqlalchemy import Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
-from sqlalchemy.exc import DBAPIError
 
 from ..errors import DatabaseError, LockTimeoutError
 from .base import DialectStrategy
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 # Server and client error numbers worth one more try on a fresh connection:
 # deadlock, server shutdown, connection killed, gone away, lost, cannot connect.
@@ -35,6 +37,15 @@ class MySQLStrategy(DialectStrategy):
     max_content_size = 1 << 30
     lock_scope = "one (namespace, path) pair; other paths do not wait"
 
+    def enter_autocommit(self, dbapi_connection: Any) -> object | None:
+        if dbapi_connection.get_autocommit():
+            return None
+        dbapi_connection.autocommit(True)
+        return False
+
+    def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
+        dbapi_connection.autocommit(token)
+
     def upsert(
         self,
         table: Table,
@@ -48,53 +59,53 @@ class MySQLStrategy(DialectStrategy):
         values[touch] = func.now()
         return stmt.on_duplicate_key_update(values)
 
-    def begin(self, conn: Connection, *, snapshot: bool = False) -> None:
+    def begin(self, session: Session, *, snapshot: bool = False) -> None:
         if snapshot:
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            conn.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            session.sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            session.sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
         else:
             # READ COMMITTED: a statement sees what was committed before it, so a lock
             # taken in the middle of a transaction protects what is read after it.
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            conn.exec_driver_sql("START TRANSACTION")
+            session.sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            session.sql("START TRANSACTION")
 
-    def begin_locked(self, conn: Connection, key: bytes, timeout: float) -> None:
-        self._acquire(conn, key, timeout)
+    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
+        self._acquire(session, key, timeout)
         try:
-            self.begin(conn)
+            self.begin(session)
         except BaseException:
-            conn.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()")
+            session.sql("SELECT RELEASE_ALL_LOCKS()")
             raise
 
-    def acquire_nested(self, conn: Connection, key: bytes, timeout: float) -> None:
-        self._acquire(conn, key, timeout)
+    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
+        self._acquire(session, key, timeout)
 
-    def _acquire(self, conn: Connection, key: bytes, timeout: float) -> None:
-        got = conn.exec_driver_sql(
+    def _acquire(self, session: Session, key: bytes, timeout: float) -> None:
+        got = session.sql(
             "SELECT GET_LOCK(%(name)s, %(timeout)s)",
             {"name": lock_name(key), "timeout": max(0.0, timeout)},
-        ).scalar_one()
+        )
         if got == 1:
             return
         if got == 0:
             raise LockTimeoutError(f"lock not acquired within {timeout}s")
         raise DatabaseError(f"GET_LOCK failed (returned {got!r})")
 
-    def end(self, conn: Connection, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
+    def end(self, session: Session, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
         try:
-            conn.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
+            session.sql("COMMIT" if commit else "ROLLBACK")
         finally:
             if keys:
-                conn.exec_driver_sql("SELECT RELEASE_ALL_LOCKS()")
+                session.sql("SELECT RELEASE_ALL_LOCKS()")
 
-    def is_transient(self, exc: DBAPIError) -> bool:
-        return exc.connection_invalidated or _error_number(exc) in _TRANSIENT
+    def is_transient(self, exc: BaseException) -> bool:
+        return _error_number(exc) in _TRANSIENT
 
-    def is_busy(self, exc: DBAPIError) -> bool:
+    def is_busy(self, exc: BaseException) -> bool:
         return _error_number(exc) == _LOCK_WAIT_TIMEOUT
 
 
-def _error_number(exc: DBAPIError) -> int | None:
+def _error_number(exc: BaseException) -> int | None:
     """The MySQL error number PyMySQL puts first in its exception's args."""
-    args: tuple[object, ...] = getattr(exc.orig, "args", ())
+    args: tuple[object, ...] = exc.args
     return args[0] if args and isinstance(args[0], int) else None

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Insert, Select, Table
+from sqlalchemy import Insert, Select, Table
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import DBAPIError
 
 from ..errors import LockTimeoutError
 from .base import DialectStrategy, on_conflict_upsert, timeout_ms
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 # SQLSTATE classes and codes worth one more try on a fresh connection.
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
@@ -36,6 +38,15 @@ class PostgreSQLStrategy(DialectStrategy):
     max_content_size = (1 << 30) - 1  # bytea's limit
     lock_scope = "one (namespace, path) pair; other paths do not wait"
 
+    def enter_autocommit(self, dbapi_connection: Any) -> object | None:
+        if dbapi_connection.autocommit:
+            return None
+        dbapi_connection.autocommit = True
+        return False
+
+    def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
+        dbapi_connection.autocommit = token
+
     def upsert(
         self,
         table: Table,
@@ -46,47 +57,42 @@ class PostgreSQLStrategy(DialectStrategy):
     ) -> Insert:
         return on_conflict_upsert(insert, table, columns, source, replace, touch)
 
-    def begin_locked(self, conn: Connection, key: bytes, timeout: float) -> None:
-        conn.exec_driver_sql("BEGIN")
+    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
+        session.sql("BEGIN")
         try:
-            self._acquire(conn, key, timeout)
+            self._acquire(session, key, timeout)
         except BaseException:
-            conn.exec_driver_sql("ROLLBACK")
+            session.sql("ROLLBACK")
             raise
 
-    def acquire_nested(self, conn: Connection, key: bytes, timeout: float) -> None:
-        self._acquire(conn, key, timeout)
+    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
+        self._acquire(session, key, timeout)
 
-    def _acquire(self, conn: Connection, key: bytes, timeout: float) -> None:
+    def _acquire(self, session: Session, key: bytes, timeout: float) -> None:
         params = {"key": advisory_key(key), "timeout": f"{timeout_ms(timeout)}ms"}
         if timeout <= 0:
-            got = conn.exec_driver_sql(
-                "SELECT pg_try_advisory_xact_lock(%(key)s)", params
-            ).scalar_one()
-            if not got:
+            if not session.sql("SELECT pg_try_advisory_xact_lock(%(key)s)", params):
                 raise LockTimeoutError("lock is held by another session (timeout=0)")
             return
         try:
             # One round trip: the target list is evaluated left to right, so the
             # timeout is in force when the lock wait starts.
-            conn.exec_driver_sql(
+            session.sql(
                 "SELECT set_config('lock_timeout', %(timeout)s, true),"
                 " pg_advisory_xact_lock(%(key)s)",
                 params,
             )
-        except DBAPIError as exc:
+        except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
 
-    def is_transient(self, exc: DBAPIError) -> bool:
-        if exc.connection_invalidated:
-            return True
-        code = getattr(exc.orig, "sqlstate", None)
+    def is_transient(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlstate", None)
         if code is None:
             # psycopg raises OperationalError without a SQLSTATE when no server answers.
-            return type(exc.orig).__name__ == "OperationalError"
+            return type(exc).__name__ == "OperationalError"
         return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
 
-    def is_busy(self, exc: DBAPIError) -> bool:
-        return getattr(exc.orig, "sqlstate", None) == _LOCK_NOT_AVAILABLE
+    def is_busy(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE

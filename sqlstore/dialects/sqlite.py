@@ -7,15 +7,16 @@ lock block and every write on that file, whatever its path. Readers never wait (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Insert, Select, Table
+from sqlalchemy import Insert, Select, Table
 from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 
 from ..errors import LockTimeoutError
 from .base import DialectStrategy, on_conflict_upsert, timeout_ms
+
+if TYPE_CHECKING:
+    from ..session import Session
 
 _SQLITE_BUSY = 5
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
@@ -41,9 +42,6 @@ class SQLiteStrategy(DialectStrategy):
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = timeout_ms(busy_timeout)
 
-    def engine_options(self, url: URL) -> dict[str, Any]:
-        return {}
-
     def on_connect(self, dbapi_connection: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
@@ -52,6 +50,16 @@ class SQLiteStrategy(DialectStrategy):
             cursor.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
         finally:
             cursor.close()
+
+    def enter_autocommit(self, dbapi_connection: Any) -> object | None:
+        previous: object = dbapi_connection.isolation_level
+        if previous is None:
+            return None
+        dbapi_connection.isolation_level = None
+        return previous
+
+    def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
+        dbapi_connection.isolation_level = token
 
     def upsert(
         self,
@@ -63,32 +71,32 @@ class SQLiteStrategy(DialectStrategy):
     ) -> Insert:
         return on_conflict_upsert(insert, table, columns, source, replace, touch)
 
-    def begin(self, conn: Connection, *, snapshot: bool = False) -> None:
+    def begin(self, session: Session, *, snapshot: bool = False) -> None:
         # A deferred BEGIN that later writes fails at once with SQLITE_BUSY instead of
         # waiting; IMMEDIATE takes the write lock up front, under busy_timeout.
-        conn.exec_driver_sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+        session.sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
 
-    def begin_locked(self, conn: Connection, key: bytes, timeout: float) -> None:
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout > 0 else 0}")
+    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
+        session.sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout > 0 else 0}")
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except DBAPIError as exc:
+            session.sql("BEGIN IMMEDIATE")
+        except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(
                     f"database write lock not acquired within {timeout}s"
                 ) from exc
             raise
         finally:
-            conn.exec_driver_sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            session.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
 
-    def acquire_nested(self, conn: Connection, key: bytes, timeout: float) -> None:
+    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
         """The transaction already holds the database's only write lock."""
 
-    def is_transient(self, exc: DBAPIError) -> bool:
+    def is_transient(self, exc: BaseException) -> bool:
         return False
 
-    def is_busy(self, exc: DBAPIError) -> bool:
-        code = getattr(exc.orig, "sqlite_errorcode", None)
+    def is_busy(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
         if code is not None:
             return bool(code & 0xFF == _SQLITE_BUSY)
-        return "database is locked" in str(exc.orig)
+        return "database is locked" in str(exc)
