@@ -7,6 +7,14 @@ tests never see each other's files. ``empty_url`` is a fresh database with no sc
 
 from __future__ import annotations
 
+import os
+
+# The OpenHands SDK, imported by the SDK tests and their subprocesses: no banner, no
+# INFO logging on the root logger, and no fetch of litellm's model price list.
+os.environ.setdefault("OPENHANDS_SUPPRESS_BANNER", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
