@@ -21,7 +21,7 @@ from .errors import (
     SQLStoreError,
     UnsupportedDialectError,
 )
-from .migrate import migrate
+from .migrations import migrate
 from .store import SQLFileStore
 
 _sdk.register(SQLFileStore)

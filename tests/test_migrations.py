@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 
 import sqlstore
 from sqlstore import schema
-from sqlstore.migrate import alembic_config, downgrade, migrations_dir
+from sqlstore.migrations import alembic_config, downgrade, migrations_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLSTORE_TABLES = {"sqlstore_files", "sqlstore_chunks"}
@@ -355,7 +355,7 @@ import sysconfig
 from pathlib import Path
 
 import sqlstore
-from sqlstore.migrate import migrations_dir
+from sqlstore.migrations import migrations_dir
 
 site = Path(sysconfig.get_paths()["purelib"]).resolve()
 found = migrations_dir().resolve()
