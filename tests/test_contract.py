@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 import sqlstore
 from sqlstore import SQLFileStore, paths
+from tests.faults import kill_other_sessions
 
 # -- namespaces ---------------------------------------------------------------------
 
@@ -364,28 +365,6 @@ def test_list_survives_a_killed_connection(store: SQLFileStore, backend: str) ->
     store.list("events")  # the pool now holds a connection
     kill_other_sessions(store.engine, backend)
     assert store.list("events") == ["events/e"]
-
-
-def kill_other_sessions(engine: sa.Engine, backend: str) -> None:
-    admin = sa.create_engine(engine.url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        if backend == "postgresql":
-            conn.exec_driver_sql(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        else:
-            ids = (
-                conn.exec_driver_sql(
-                    "SELECT id FROM information_schema.processlist"
-                    " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
-                )
-                .scalars()
-                .all()
-            )
-            for session in ids:
-                conn.exec_driver_sql(f"KILL {int(session)}")
-    admin.dispose()
 
 
 # -- exists -------------------------------------------------------------------------
