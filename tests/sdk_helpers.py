@@ -65,3 +65,34 @@ def event_processes() -> Any:
 def new_id() -> uuid.UUID:
     """A fresh conversation id."""
     return uuid.uuid4()
+
+
+def threaded_append_worker(
+    url: str, namespace: str, worker: int, threads: int, count: int
+) -> list[str]:
+    """``threads`` threads of one process each append ``count`` events to one log."""
+    import threading
+
+    engine = sqlstore.create_engine(url)
+    ids: list[str] = []
+    errors: list[BaseException] = []
+
+    def run(thread: int) -> None:
+        try:
+            log = EventLog(sqlstore.SQLFileStore(engine, namespace), dir_path="events")
+            for i in range(count):
+                event = message_event(f"worker {worker} thread {thread} event {i}")
+                log.append(event)
+                ids.append(event.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    engine.dispose()
+    if errors:
+        raise errors[0]
+    return ids
