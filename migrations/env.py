@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
+from sqlstore.migrations import migration_connection
 from sqlstore.schema import TABLE_NAMES, VERSION_TABLE, metadata
 
 config = context.config
@@ -75,14 +76,11 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    engine = sa.create_engine(_url(), poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            _configure(conn)
-            with context.begin_transaction():
-                context.run_migrations()
-    finally:
-        engine.dispose()
+    with migration_connection(_url()) as conn:
+        _configure(conn)
+        with context.begin_transaction():
+            context.run_migrations()
+        conn.commit()
 
 
 if context.is_offline_mode():

@@ -45,7 +45,8 @@ def create_engine(
 
     Args:
         url: A SQLAlchemy URL, e.g. ``postgresql+psycopg://user@host/db``,
-            ``sqlite:///conversations.db`` or ``mysql+pymysql://root@host/db``.
+            ``sqlite:///conversations.db`` or ``mysql+pymysql://root@host/db``. Behind
+            PgBouncer (transaction pooling, before 1.21) add ``?prepare_threshold=none``.
         sqlite_synchronous: SQLite's ``PRAGMA synchronous`` (``FULL`` or ``NORMAL``).
         sqlite_busy_timeout: Seconds a SQLite write waits for another writer.
         **engine_options: Passed to :func:`sqlalchemy.create_engine`, overriding
@@ -61,12 +62,13 @@ def create_engine(
         )
     else:
         strategy = strategy_for(url.get_backend_name())
+    url, dialect_options = strategy.engine_options(url)
     options: dict[str, Any] = {
         "isolation_level": _AUTOCOMMIT,
         # Every transaction sqlstore opens, it ends itself; a rollback on each pool
         # check-in would only add a round trip.
         "skip_autocommit_rollback": True,
-        **strategy.engine_options(url),
+        **dialect_options,
         **engine_options,
     }
     engine = sqlalchemy.create_engine(url, **options)

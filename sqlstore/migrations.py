@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -64,21 +65,32 @@ def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
 
 
 def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) -> None:
+    with migration_connection(url_or_engine) as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        action(config)
+        conn.commit()
+
+
+@contextmanager
+def migration_connection(url_or_engine: str | URL | Engine) -> Iterator[sa.Connection]:
+    """A connection that runs migrations in real transactions.
+
+    A URL gets an engine of its own, made like :func:`sqlstore.create_engine` makes
+    them (so sqlstore's URL parameters work here too) and disposed afterwards.
+    """
+    from .engine import create_engine
+
     if isinstance(url_or_engine, Engine):
         engine, owned = url_or_engine, False
     else:
-        engine, owned = sa.create_engine(url_or_engine, poolclass=sa.pool.NullPool), True
+        engine, owned = create_engine(url_or_engine, poolclass=sa.pool.NullPool), True
     try:
         with engine.connect() as conn:
             # DDL runs in real transactions even on an autocommit engine (PostgreSQL and
             # SQLite roll a failed migration back whole).
             level = conn.dialect.default_isolation_level
-            if level is not None:
-                conn = conn.execution_options(isolation_level=level)
-            config = alembic_config()
-            config.attributes["connection"] = conn
-            action(config)
-            conn.commit()
+            yield conn.execution_options(isolation_level=level) if level else conn
     finally:
         if owned:
             engine.dispose()

@@ -25,8 +25,21 @@ DEFAULTS = {
         "postgresql+psycopg://postgres@127.0.0.1:5432/test",
     ),
     "mysql": ("SQLSTORE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+    # PgBouncer 1.18 (Debian 12) in transaction-pooling mode cannot route prepared
+    # statements, hence prepare_threshold=none (see .ci/pgbouncer).
+    "pgbouncer": (
+        "SQLSTORE_TEST_PGBOUNCER_URL",
+        "postgresql+psycopg://postgres@127.0.0.1:6432/test?prepare_threshold=none",
+    ),
 }
-BACKENDS = ("sqlite", "postgresql", "mysql")
+BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer")
+#: The suites that also run through PgBouncer (the others would only repeat PostgreSQL).
+PGBOUNCER_SUITES = frozenset({"test_contract", "test_locks", "test_model"})
+
+
+def dialect(backend: str) -> str:
+    """The database behind a backend: PgBouncer fronts PostgreSQL."""
+    return "postgresql" if backend == "pgbouncer" else backend
 
 
 def required() -> set[str]:
@@ -37,19 +50,24 @@ def required() -> set[str]:
 
 @dataclass
 class Server:
-    """A database server the tests may create databases on."""
+    """A database server the tests may create databases on.
+
+    ``client_url`` is where tests connect, when that is not the server itself (a
+    PgBouncer in front of it); databases are always created on ``admin_url``.
+    """
 
     backend: str
     admin_url: URL
     container: object | None = None
+    client_url: URL | None = None
 
     def create_database(self) -> URL:
         name = f"sqlstore_t_{uuid.uuid4().hex[:12]}"
         self._admin(f"CREATE DATABASE {name}")
-        return self.admin_url.set(database=name)
+        return (self.client_url or self.admin_url).set(database=name)
 
     def drop_database(self, url: URL) -> None:
-        if self.backend == "postgresql":
+        if dialect(self.backend) == "postgresql":
             self._admin(f"DROP DATABASE IF EXISTS {url.database} WITH (FORCE)")
         else:
             self._admin(f"DROP DATABASE IF EXISTS {url.database}")
@@ -105,6 +123,8 @@ def _container(backend: str) -> Server:
 
 def find_server(backend: str) -> tuple[Server | None, str]:
     """The server for ``backend``, or ``None`` and the reason there is none."""
+    if backend == "pgbouncer":
+        return _find_pgbouncer()
     variable, default = DEFAULTS[backend]
     url = make_url(os.environ.get(variable, default))
     reason = _answers(url)
@@ -116,6 +136,22 @@ def find_server(backend: str) -> tuple[Server | None, str]:
         f"no {backend} server: {url.render_as_string(hide_password=True)} did not answer "
         f"({reason}); set {variable}, or run Docker for testcontainers"
     )
+
+
+def _find_pgbouncer() -> tuple[Server | None, str]:
+    postgres, reason = find_server("postgresql")
+    if postgres is None:
+        return None, reason
+    variable, default = DEFAULTS["pgbouncer"]
+    url = make_url(os.environ.get(variable, default))
+    probe = url.difference_update_query(["prepare_threshold"])
+    reason = _answers(probe)
+    if reason is not None:
+        return None, (
+            f"no PgBouncer: {probe.render_as_string(hide_password=True)} did not answer "
+            f"({reason}); run .ci/pgbouncer or set {variable}"
+        )
+    return Server("pgbouncer", postgres.admin_url, postgres.container, client_url=url), ""
 
 
 @contextmanager

@@ -24,7 +24,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 import sqlstore
-from tests.backends import BACKENDS, Server, database, find_server, required
+from tests.backends import (
+    BACKENDS,
+    PGBOUNCER_SUITES,
+    Server,
+    database,
+    dialect,
+    find_server,
+    required,
+)
 
 _servers: dict[str, tuple[Server | None, str]] = {}
 
@@ -40,6 +48,22 @@ def _server(backend: str) -> Server:
     return server
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run only the contract, lock and model suites through PgBouncer."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        backend = params.params.get("backend") if params else None
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if backend == "pgbouncer" and module not in PGBOUNCER_SUITES:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for server, _ in _servers.values():
         if server is not None:
@@ -49,6 +73,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(params=BACKENDS, scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def db_dialect(backend: str) -> str:
+    """The database behind ``backend`` (``postgresql`` for ``pgbouncer``)."""
+    return dialect(backend)
 
 
 @pytest.fixture(scope="session")

@@ -37,9 +37,13 @@ class DialectStrategy(ABC):
     #: What one lock excludes, for documentation and messages.
     lock_scope: ClassVar[str]
 
-    def engine_options(self, url: URL) -> dict[str, Any]:
-        """Defaults for ``create_engine`` that this dialect wants; callers may override them."""
-        return {}
+    def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
+        """The URL to connect with, and ``create_engine`` defaults this dialect wants.
+
+        A dialect may take sqlstore's own query parameters out of the URL here; callers'
+        explicit options override the returned defaults.
+        """
+        return url, {}
 
     def on_connect(self, dbapi_connection: Any) -> None:  # noqa: B027 - optional hook
         """Prepare a new DBAPI connection (session settings); called once per connection."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Insert, Select, Table
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
 from .base import DialectStrategy, on_conflict_upsert, timeout_ms
@@ -37,6 +38,23 @@ class PostgreSQLStrategy(DialectStrategy):
     names = ("postgresql",)
     max_content_size = (1 << 30) - 1  # bytea's limit
     lock_scope = "one (namespace, path) pair; other paths do not wait"
+
+    def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
+        """Take ``?prepare_threshold=`` out of the URL into psycopg's connect arguments.
+
+        psycopg prepares a statement on the server after it ran 5 times on a connection.
+        PgBouncer in transaction-pooling mode before 1.21 cannot route prepared
+        statements; ``?prepare_threshold=none`` turns them off.
+        """
+        value = url.query.get("prepare_threshold")
+        if value is None:
+            return url, {}
+        if isinstance(value, tuple):
+            value = value[-1]
+        threshold = None if value.lower() in ("none", "off", "") else int(value)
+        return url.difference_update_query(["prepare_threshold"]), {
+            "connect_args": {"prepare_threshold": threshold}
+        }
 
     def enter_autocommit(self, dbapi_connection: Any) -> object | None:
         if dbapi_connection.autocommit:
