@@ -1,4 +1,8 @@
-"""Bring a database's sqlstore schema to a revision, from a checkout or an installed wheel."""
+"""Bring a database's sqlstore schema to a revision, from a checkout or an installed wheel.
+
+Alembic is imported only when a function here runs: ``import sqlstore`` stays quick for
+processes that only read and write.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
 def migrations_dir() -> Path:
@@ -35,6 +41,8 @@ def alembic_config(url: str | URL | None = None) -> Config:
     Args:
         url: The database URL to put in ``sqlalchemy.url``, if any.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     if url is not None:
@@ -56,11 +64,15 @@ def migrate(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
         url_or_engine: A database URL or an engine.
         revision: The Alembic revision to upgrade to.
     """
+    from alembic import command
+
     _run(url_or_engine, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
     """Downgrade the sqlstore schema to ``revision`` (``"base"`` drops sqlstore's tables)."""
+    from alembic import command
+
     _run(url_or_engine, lambda config: command.downgrade(config, revision))
 
 

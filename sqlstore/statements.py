@@ -56,6 +56,13 @@ class Statements:
         # -- reads ---------------------------------------------------------------
         self.read = select(_f.content, _f.chunk_count).where(_f.file_id == bindparam("fid"))
         self.is_file = select(_f.file_id).where(_f.file_id == bindparam("fid"))
+        # Read-ahead: the next files of a directory, down or up from a name.
+        in_dir = (_ns, _f.parent == bindparam("key"))
+        batch = select(_f.name, _f.content, _f.chunk_count).limit(bindparam("limit"))
+        self.read_ahead_down = batch.where(*in_dir, _f.name <= bindparam("name")).order_by(
+            _f.name.desc()
+        )
+        self.read_ahead_up = batch.where(*in_dir, _f.name >= bindparam("name")).order_by(_f.name)
         self.read_chunks = (
             select(chunks.c.data).where(chunks.c.file_id == bindparam("fid")).order_by(chunks.c.seq)
         )

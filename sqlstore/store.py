@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL
 from . import paths
 from .engine import EngineState, LockBlock, create_engine, safe_url, state_for
 from .errors import DatabaseError, FileTooLargeError, LockTimeoutError
+from .readahead import ReadAhead
 from .session import Session
 from .statements import ancestor_names
 
@@ -47,14 +48,27 @@ class SQLFileStore:
             its pool).
         namespace: The namespace every path of this store lives in: a non-empty string
             of at most 255 characters without NUL.
+        read_ahead: After this store lists a directory, the first read of one of its
+            files fetches up to this many of them in one query (see
+            :mod:`sqlstore.readahead`); 0 turns it off.
+        read_ahead_max_age: The oldest, in seconds, a read-ahead file may be when
+            served. Never older than this store's own last write either.
 
     Raises:
         ValueError: ``namespace`` is invalid.
         UnsupportedDialectError: the engine's database is not supported.
     """
 
-    def __init__(self, engine: Engine, namespace: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        namespace: str,
+        *,
+        read_ahead: int = 64,
+        read_ahead_max_age: float = 2.0,
+    ) -> None:
         self._namespace = paths.check_namespace(namespace)
+        self._ahead = ReadAhead(read_ahead, read_ahead_max_age)
         self._state: EngineState = state_for(engine)
         self._strategy = self._state.strategy
         self._engine = self._state.engine
@@ -91,7 +105,12 @@ class SQLFileStore:
 
     def with_namespace(self, namespace: str) -> SQLFileStore:
         """A store for another namespace on the same engine (no connection is opened)."""
-        return type(self)(self._engine, namespace)
+        return type(self)(
+            self._engine,
+            namespace,
+            read_ahead=self._ahead.size,
+            read_ahead_max_age=self._ahead.max_age,
+        )
 
     def __repr__(self) -> str:
         return f"SQLFileStore({safe_url(self._engine.url)!r}, namespace={self._namespace!r})"
@@ -153,7 +172,9 @@ class SQLFileStore:
                     session.rowcount(insert, {"file_id": fid, "seq": seq, "data": piece})
                 return written
 
-        if self._run(run):
+        written = self._run(run)
+        self._ahead.invalidate()
+        if written:
             return
         # Nothing was written: find out which tree rule refused it.
         is_file = self._prepared(self._sql.is_file)
@@ -189,6 +210,10 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
+        if self._ahead.enabled and self._state.lock_block is None:
+            ahead = self._read_ahead(path_n)
+            if ahead is not None:
+                return ahead
         params = {"fid": paths.file_id(self._namespace, path_n)}
         read = self._prepared(self._sql.read)
 
@@ -213,6 +238,30 @@ class SQLFileStore:
         if self._is_dir(path_n):
             raise IsADirectoryError(f"{path!r} is a directory")
         raise FileNotFoundError(path)
+
+    def _read_ahead(self, path_n: str) -> bytes | None:
+        """``path_n``'s content from read-ahead, fetching a batch if this read starts one."""
+        cached = self._ahead.get(path_n)
+        if cached is not None:
+            return cached
+        plan = self._ahead.plan(path_n)
+        if plan is None:
+            return None
+        generation, descending = plan
+        directory, name = paths.split(path_n)
+        query = self._prepared(self._sql.read_ahead_down if descending else self._sql.read_ahead_up)
+        params = {
+            "ns": self._namespace,
+            "key": paths.dir_key(directory),
+            "name": name,
+            "limit": self._ahead.size,
+        }
+        fetched = time.monotonic()
+        rows = self._run(lambda session: session.all(query, params))
+        # Chunked files are left to the ordinary read, which reads them whole.
+        batch = [(n, bytes(content)) for n, content, chunk_count in rows if not chunk_count]
+        self._ahead.fill(directory, batch, name, generation, fetched)
+        return next((content for n, content in batch if n == name), None)
 
     def exists(self, path: str) -> bool:
         """Whether ``path`` is a file or a directory; the root always exists.
@@ -252,6 +301,8 @@ class SQLFileStore:
         entries = self._run(lambda session: self._list(session, path_n))
         if entries is None:
             return [path]
+        if entries:
+            self._ahead.listed(path_n)
         return [
             posixpath.join(path, name) + ("/" if is_dir else "")
             for name, is_dir in sorted(entries.items())
@@ -322,6 +373,7 @@ class SQLFileStore:
                 session.rowcount(delete, params)
 
         self._run(run)
+        self._ahead.invalidate()
 
     def get_absolute_path(self, path: str) -> str:
         """A stable identifier for ``path``, e.g. ``sqlstore+postgresql://host/db/ns/path``.
@@ -352,7 +404,8 @@ class SQLFileStore:
 
         Args:
             path: The path to lock; it need not exist, and nothing is written for it.
-            timeout: Seconds to wait for the lock.
+            timeout: Seconds to wait for the lock; 0 tries once; negative or ``inf``
+                waits as long as the database allows (about 24 days).
 
         Raises:
             LockTimeoutError: (a ``TimeoutError``) not acquired within ``timeout``
@@ -363,6 +416,7 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
+        # As with the SDK's file locks, a negative timeout waits as long as it takes.
         key = paths.lock_key(self._namespace, path_n)
         block = self._state.lock_block
         if block is None:
@@ -397,20 +451,30 @@ class SQLFileStore:
         session = block.session
         block.depth += 1
         savepoint = f"sqlstore_{block.depth}"
+
+        def sql(statement: str) -> None:
+            self._guard(session, lambda: session.sql(statement))
+
         try:
-            self._guard(session, lambda: session.sql(f"SAVEPOINT {savepoint}"))
+            # The lock is taken in a savepoint of its own, released at once: a failed
+            # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
+            # taken lock belongs to the enclosing transaction, so rolling the block back
+            # below does not release it before the outermost block ends.
+            sql(f"SAVEPOINT {savepoint}")
             try:
                 self._guard(session, lambda: self._strategy.acquire_nested(session, key, timeout))
             except BaseException:
-                self._guard(session, lambda: session.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
+                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
                 raise
+            sql(f"RELEASE SAVEPOINT {savepoint}")
             block.held.add(key)
+            sql(f"SAVEPOINT {savepoint}")
             try:
                 yield
             except BaseException:
-                self._guard(session, lambda: session.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
+                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
                 raise
-            self._guard(session, lambda: session.sql(f"RELEASE SAVEPOINT {savepoint}"))
+            sql(f"RELEASE SAVEPOINT {savepoint}")
         finally:
             block.depth -= 1
 

@@ -509,15 +509,6 @@ def test_nested_locks_are_held_until_the_outer_block_ends(
     spawn: Spawn,
     inner_exit: str,
 ) -> None:
-    if db_dialect == "postgresql" and inner_exit == "exception":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="sqlstore/store.py _nested_block: ROLLBACK TO SAVEPOINT releases the "
-                "pg_advisory_xact_lock taken in the savepoint, though lock() documents that "
-                "nested locks are held until the outermost block ends (MySQL holds it)",
-            )
-        )
     (peer,) = spawn()
     with store.lock("outer"):
         if inner_exit == "normal":
@@ -577,14 +568,6 @@ def test_same_namespace_in_another_database_does_not_block(
     empty_url: URL,
     spawn: Spawn,
 ) -> None:
-    if db_dialect == "mysql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="sqlstore/dialects/mysql.py lock_name(): GET_LOCK names are "
-                "server-wide and the name omits the database",
-            )
-        )
     sqlstore.migrate(empty_url)
     (holder,) = spawn()
     holder.ok("acquire", path="shared.lock")

@@ -14,6 +14,7 @@ Literal SQL here is written in the dialect's DBAPI parameter style.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -137,6 +138,17 @@ def on_conflict_upsert(
     return result
 
 
+#: The longest wait any dialect accepts (PostgreSQL's lock_timeout is an int of ms).
+MAX_WAIT_MS = 2**31 - 1
+
+
+def timeout_seconds(timeout: float) -> float:
+    """A lock timeout as a finite number of seconds; negative or infinite: the longest wait."""
+    if timeout < 0 or math.isinf(timeout):
+        return MAX_WAIT_MS / 1000
+    return float(timeout)
+
+
 def timeout_ms(timeout: float) -> int:
     """A lock timeout in whole milliseconds, at least 1 (0 means 'forever' to PostgreSQL)."""
-    return max(1, round(timeout * 1000))
+    return min(MAX_WAIT_MS, max(1, round(timeout_seconds(timeout) * 1000)))

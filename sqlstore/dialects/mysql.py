@@ -9,7 +9,7 @@ from sqlalchemy import Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
 
 from ..errors import DatabaseError, LockTimeoutError
-from .base import DialectStrategy
+from .base import DialectStrategy, timeout_seconds
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -20,9 +20,9 @@ _TRANSIENT = frozenset({1213, 1053, 1927, 2006, 2013, 2003, 4031})
 _LOCK_WAIT_TIMEOUT = 1205
 
 
-def lock_name(key: bytes) -> str:
-    """A ``GET_LOCK`` name for a lock digest: 41 characters, under the 64 allowed."""
-    return "sqlstore/" + key.hex()
+# GET_LOCK names are server-wide, so the current database goes into the name too:
+# 'sqlstore/' and 40 hex digits of SHA-256(database, key) = 49 of the 64 characters allowed.
+_LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', %(key)s), 256), 40))"
 
 
 class MySQLStrategy(DialectStrategy):
@@ -82,8 +82,8 @@ class MySQLStrategy(DialectStrategy):
 
     def _acquire(self, session: Session, key: bytes, timeout: float) -> None:
         got = session.sql(
-            "SELECT GET_LOCK(%(name)s, %(timeout)s)",
-            {"name": lock_name(key), "timeout": max(0.0, timeout)},
+            f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)",
+            {"key": key.hex(), "timeout": timeout_seconds(timeout)},
         )
         if got == 1:
             return

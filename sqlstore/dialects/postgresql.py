@@ -88,7 +88,7 @@ class PostgreSQLStrategy(DialectStrategy):
 
     def _acquire(self, session: Session, key: bytes, timeout: float) -> None:
         params = {"key": advisory_key(key), "timeout": f"{timeout_ms(timeout)}ms"}
-        if timeout <= 0:
+        if timeout == 0:
             if not session.sql("SELECT pg_try_advisory_xact_lock(%(key)s)", params):
                 raise LockTimeoutError("lock is held by another session (timeout=0)")
             return

@@ -77,7 +77,7 @@ class SQLiteStrategy(DialectStrategy):
         session.sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
 
     def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
-        session.sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout > 0 else 0}")
+        session.sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout != 0 else 0}")
         try:
             session.sql("BEGIN IMMEDIATE")
         except Exception as exc:
