@@ -76,34 +76,44 @@ class PostgreSQLStrategy(DialectStrategy):
         return on_conflict_upsert(insert, table, columns, source, replace, touch)
 
     def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
-        session.sql("BEGIN")
         try:
-            self._acquire(session, key, timeout)
-        except BaseException:
+            if timeout == 0:
+                session.sql("BEGIN")
+                self._try(session, key)
+            else:
+                # BEGIN and the lock in one round trip: with no parameters the driver
+                # sends both statements at once (both values are integers we made).
+                session.sql(f"BEGIN; {self._lock_sql(key, timeout)}")
+        except BaseException as exc:
             session.sql("ROLLBACK")
+            if isinstance(exc, Exception) and self.is_busy(exc):
+                raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
 
     def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
-        self._acquire(session, key, timeout)
-
-    def _acquire(self, session: Session, key: bytes, timeout: float) -> None:
-        params = {"key": advisory_key(key), "timeout": f"{timeout_ms(timeout)}ms"}
         if timeout == 0:
-            if not session.sql("SELECT pg_try_advisory_xact_lock(%(key)s)", params):
-                raise LockTimeoutError("lock is held by another session (timeout=0)")
+            self._try(session, key)
             return
         try:
-            # One round trip: the target list is evaluated left to right, so the
-            # timeout is in force when the lock wait starts.
-            session.sql(
-                "SELECT set_config('lock_timeout', %(timeout)s, true),"
-                " pg_advisory_xact_lock(%(key)s)",
-                params,
-            )
+            session.sql(self._lock_sql(key, timeout))
         except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
+
+    @staticmethod
+    def _lock_sql(key: bytes, timeout: float) -> str:
+        # The target list is evaluated left to right, so the timeout is in force when
+        # the lock wait starts; SET LOCAL semantics end it with the transaction.
+        return (
+            f"SELECT set_config('lock_timeout', '{timeout_ms(timeout)}ms', true),"
+            f" pg_advisory_xact_lock({advisory_key(key)})"
+        )
+
+    @staticmethod
+    def _try(session: Session, key: bytes) -> None:
+        if not session.sql(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"):
+            raise LockTimeoutError("lock is held by another session (timeout=0)")
 
     def is_transient(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlstate", None)
