@@ -7,9 +7,9 @@ into plain values:
 
 * a path, rebuilt from the ``parent`` and ``name`` columns (:func:`path_of`);
 * a timestamp, as an aware UTC ``datetime`` whatever the dialect returns
-  (:class:`Clock`): PostgreSQL returns aware values; SQLite stores
-  ``CURRENT_TIMESTAMP``, which is UTC; MySQL/MariaDB store ``NOW()`` in the session's
-  time zone, so the offset between ``NOW()`` and ``UTC_TIMESTAMP()`` is measured.
+  (:class:`Clock`): PostgreSQL returns aware values; SQLite (``CURRENT_TIMESTAMP``)
+  and MySQL/MariaDB (``UTC_TIMESTAMP()``, whatever the session's time zone) store
+  naive UTC.
 """
 
 from __future__ import annotations
@@ -109,45 +109,40 @@ def _prefix_filter(prefix: str | None) -> list[Any]:
 
 @dataclass(frozen=True)
 class Clock:
-    """How one database connection's timestamps relate to UTC.
+    """The database's clock, and its timestamps as aware UTC values.
 
     Attributes:
         dialect: The engine's dialect name.
-        now: The database's current time, as it returns ``now()``; use it to compute
-            cutoffs that compare with stored values in the database's own terms.
-        offset: How far the database's naive timestamps run ahead of UTC (non-zero
-            only on MySQL/MariaDB with a session time zone other than UTC).
+        now: The database's current time, as sqlstore stores timestamps there; use it
+            to compute cutoffs that compare with stored values in the database's terms.
     """
 
     dialect: str
     now: datetime
-    offset: timedelta
 
     def to_utc(self, value: datetime) -> datetime:
         """A stored timestamp as an aware UTC ``datetime``."""
         if value.tzinfo is not None:
             return value.astimezone(UTC)
-        return (value - self.offset).replace(tzinfo=UTC)
+        return value.replace(tzinfo=UTC)
 
     def to_db(self, value: datetime) -> datetime:
         """An aware ``datetime`` as this database stores it (a bind parameter value)."""
         utc = value.astimezone(UTC)
         if self.dialect == "postgresql":
             return utc
-        naive = (utc + self.offset).replace(tzinfo=None)
+        naive = utc.replace(tzinfo=None)
         if self.dialect in _MYSQL:
             naive = naive.replace(microsecond=0)  # DATETIME would round, not truncate
         return naive
 
 
 def read_clock(conn: Connection) -> Clock:
-    """The database's current time and UTC offset, read on ``conn``."""
+    """The database's current time, read on ``conn``."""
     name = conn.dialect.name
-    if name in _MYSQL:
-        now, utc = conn.execute(select(func.now(), func.utc_timestamp())).one()
-        return Clock(name, now, now - utc)
-    now = conn.execute(select(func.now())).scalar_one()
-    return Clock(name, now, timedelta(0))
+    # sqlstore stores UTC_TIMESTAMP() on MySQL/MariaDB, whatever the session time zone.
+    now_utc = func.utc_timestamp() if name in _MYSQL else func.now()
+    return Clock(name, conn.execute(select(now_utc)).scalar_one())
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,17 @@ _f = files.c
 _ns = _f.namespace == bindparam("ns")
 _in_range = and_(_f.parent >= bindparam("low"), _f.parent < bindparam("high"))
 _from_low = _f.parent >= bindparam("low")
-_WRITTEN = ("file_id", "namespace", "parent", "name", "content", "size", "chunk_count")
+_WRITTEN = (
+    "file_id",
+    "namespace",
+    "parent",
+    "name",
+    "content",
+    "size",
+    "chunk_count",
+    "created_at",
+    "updated_at",
+)
 
 
 def _first_in(where: Any) -> Select[Any]:
@@ -121,6 +131,8 @@ class Statements:
             bindparam("content", type_=Content),
             bindparam("size", type_=BigInteger),
             bindparam("chunk_count", type_=Integer),
+            self._strategy.utc_now(),
+            self._strategy.utc_now(),
         ).where(~exists().where(_ns, _in_range))
         if depth:
             ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]

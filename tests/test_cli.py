@@ -652,13 +652,19 @@ def test_purge(engine: sa.Engine, migrated_url: URL, run: CLI) -> None:
 
 @pytest.mark.parametrize("backend", ["mysql"], indirect=True)
 def test_mysql_session_time_zone(migrated_url: URL) -> None:
-    """MySQL stores ``NOW()`` in the session's time zone; reports are still UTC."""
+    """Timestamps are UTC whatever the writer's session time zone; so are reports."""
     shifted = sqlstore.create_engine(
         migrated_url, connect_args={"init_command": "SET time_zone = '+05:00'"}
     )
     try:
         ns = _unique("tz")
         SQLFileStore(shifted, ns).write("f", "x")
+        with sa.create_engine(migrated_url).connect() as conn:
+            stored = conn.execute(
+                sa.text("SELECT updated_at FROM sqlstore_files WHERE namespace = :ns"),
+                {"ns": ns.encode()},
+            ).scalar_one()
+        assert abs(stored - datetime.now(UTC).replace(tzinfo=None)) < timedelta(minutes=2)
         (info,) = admin.namespaces(shifted, prefix=ns)
         assert abs(info.updated_at - datetime.now(UTC)) < timedelta(minutes=2)
         assert admin.purge(shifted, timedelta(hours=1), prefix=ns, dry_run=True).removed == []

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Insert, Select, Table, func
+from sqlalchemy import ColumnElement, Insert, Select, Table, func
 from sqlalchemy.engine import URL
 
 if TYPE_CHECKING:
@@ -61,6 +61,10 @@ class DialectStrategy(ABC):
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         """Restore the mode :meth:`enter_autocommit` changed."""
 
+    def utc_now(self) -> ColumnElement[Any]:
+        """The database's current time, for ``created_at``/``updated_at``, in UTC."""
+        return func.now()
+
     @abstractmethod
     def upsert(
         self,
@@ -77,7 +81,7 @@ class DialectStrategy(ABC):
             columns: The columns ``source`` supplies, in its order.
             source: The rows to insert.
             replace: Columns that take the new row's values when the key exists.
-            touch: A timestamp column set to the current time when the key exists.
+            touch: A timestamp column set to :meth:`utc_now` when the key exists.
         """
 
     def begin(self, session: Session, *, snapshot: bool = False) -> None:
@@ -133,7 +137,7 @@ def on_conflict_upsert(
     """``INSERT ... ON CONFLICT (primary key) DO UPDATE``, as PostgreSQL and SQLite spell it."""
     stmt = insert(table).from_select(list(columns), source)
     values: dict[str, Any] = {name: stmt.excluded[name] for name in replace}
-    values[touch] = func.now()
+    values[touch] = stmt.excluded[touch]
     result: Insert = stmt.on_conflict_do_update(index_elements=list(table.primary_key), set_=values)
     return result
 

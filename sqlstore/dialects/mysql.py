@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Insert, Select, Table, func
+from sqlalchemy import ColumnElement, Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
 
 from ..errors import DatabaseError, LockTimeoutError
@@ -46,6 +46,10 @@ class MySQLStrategy(DialectStrategy):
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         dbapi_connection.autocommit(token)
 
+    def utc_now(self) -> ColumnElement[Any]:
+        # NOW() follows the session's time zone; DATETIME columns keep no zone.
+        return func.utc_timestamp()
+
     def upsert(
         self,
         table: Table,
@@ -56,7 +60,7 @@ class MySQLStrategy(DialectStrategy):
     ) -> Insert:
         stmt = insert(table).from_select(list(columns), source)
         values: dict[str, Any] = {name: stmt.inserted[name] for name in replace}
-        values[touch] = func.now()
+        values[touch] = stmt.inserted[touch]
         return stmt.on_duplicate_key_update(values)
 
     def begin(self, session: Session, *, snapshot: bool = False) -> None:
