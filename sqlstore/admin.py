@@ -13,7 +13,6 @@ values; the command line (:mod:`sqlstore.cli`) only parses arguments and prints.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -34,7 +33,7 @@ from .store import SQLFileStore
 from .transfer import TransferReport, copy, export_namespace, import_directory
 
 if TYPE_CHECKING:
-    from alembic.config import Config
+    pass
 
 __all__ = [
     "Entry",
@@ -85,26 +84,8 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 
 def stamp(engine: Engine, revision: str) -> None:
-    """Record ``revision`` as the database's sqlstore revision without running migrations.
-
-    For a database whose tables were created another way; ``"base"`` forgets the
-    revision (the tables stay).
-    """
-    from alembic import command
-
-    _alembic(engine, lambda config: command.stamp(config, revision))
-
-
-def _alembic(engine: Engine, action: Callable[[Config], None]) -> None:
-    """Run an Alembic command on ``engine``, in a transaction (as ``migrations.migrate`` does)."""
-    with engine.connect() as conn:
-        level = conn.dialect.default_isolation_level
-        if level is not None:
-            conn = conn.execution_options(isolation_level=level)
-        config = migrations.alembic_config()
-        config.attributes["connection"] = conn
-        action(config)
-        conn.commit()
+    """Record ``revision`` without running migrations (see :func:`sqlstore.migrations.stamp`)."""
+    migrations.stamp(engine, revision)
 
 
 # -- inspection ------------------------------------------------------------------------

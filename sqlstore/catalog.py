@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, and_, column, func, inspect, or_, sel
 from . import paths
 from .engine import safe_url
 from .errors import SchemaError
+from .paths import path_of
 from .schema import SCHEMA_REVISION, VERSION_TABLE, files
 
 _MYSQL = ("mysql", "mariadb")
@@ -62,20 +63,6 @@ def require_schema(engine: Engine) -> None:
             f"{safe_url(engine.url)} has {where}, this sqlstore needs {SCHEMA_REVISION}; "
             f"run `sqlstore db upgrade`"
         )
-
-
-def path_of(parent: bytes, name: str) -> str:
-    r"""The path of the file stored with ``parent`` and ``name`` (the inverse of ``dir_key``).
-
-    Example:
-        >>> path_of(b"events\x00sub", "a.json")
-        'events/sub/a.json'
-        >>> path_of(b"", "base_state.json")
-        'base_state.json'
-    """
-    if not parent:
-        return name
-    return parent.replace(paths.SEP, b"/").decode("utf-8") + "/" + name
 
 
 def prefix_range(prefix: str) -> tuple[str, str | None]:

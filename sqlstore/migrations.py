@@ -76,6 +76,17 @@ def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
     _run(url_or_engine, lambda config: command.downgrade(config, revision))
 
 
+def stamp(url_or_engine: str | URL | Engine, revision: str) -> None:
+    """Record ``revision`` as the database's sqlstore revision without running migrations.
+
+    For a database whose tables were created another way; ``"base"`` forgets the
+    revision (the tables stay).
+    """
+    from alembic import command
+
+    _run(url_or_engine, lambda config: command.stamp(config, revision))
+
+
 def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) -> None:
     with migration_connection(url_or_engine) as conn:
         config = alembic_config()

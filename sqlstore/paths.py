@@ -117,6 +117,20 @@ def child_dir_of(directory: str, parent: bytes) -> str:
     return parent[offset:].split(SEP, 1)[0].decode("utf-8")
 
 
+def path_of(parent: bytes, name: str) -> str:
+    r"""The path of the file stored with ``parent`` and ``name`` (the inverse of ``dir_key``).
+
+    Example:
+        >>> path_of(b"events\x00sub", "a.json")
+        'events/sub/a.json'
+        >>> path_of(b"", "base_state.json")
+        'base_state.json'
+    """
+    if not parent:
+        return name
+    return parent.replace(SEP, b"/").decode("utf-8") + "/" + name
+
+
 def after_child_dir(directory: str, child: str) -> bytes:
     """The smallest ``parent`` key that sorts after the whole subtree of ``directory/child``."""
     return dir_key(posixpath.join(directory, child)) + _AFTER_SEP
