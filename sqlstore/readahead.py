@@ -79,6 +79,8 @@ class ReadAhead:
             if listed is None or time.monotonic() - listed > self.max_age:
                 return None
             previous = self._last_read.get(directory)
+            if previous == name:
+                return None  # the same file again: not a scan, read just it
             descending = previous is None or name < previous
             self._last_read[directory] = name
             return self._generation, descending

@@ -49,7 +49,7 @@ class Session:
         finally:
             cursor.close()
 
-    def first(self, prepared: Prepared, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, prepared: Prepared, params: Mapping[str, Any]) -> Sequence[Any] | None:
         """Run a prepared query and return its first row, converted, or ``None``."""
         cursor = self.execute(prepared, params)
         try:
@@ -58,14 +58,14 @@ class Session:
             cursor.close()
         return None if row is None else prepared.convert(row)
 
-    def all(self, prepared: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def all(self, prepared: Prepared, params: Mapping[str, Any]) -> list[Sequence[Any]]:
         """Run a prepared query and return all rows, converted."""
         cursor = self.execute(prepared, params)
         try:
-            rows = cursor.fetchall()
+            rows: list[Sequence[Any]] = cursor.fetchall()
         finally:
             cursor.close()
-        return [prepared.convert(row) for row in rows]
+        return rows if prepared.plain else [prepared.convert(row) for row in rows]
 
     def sql(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
         """Run literal SQL written in the driver's parameter style.

@@ -6,7 +6,6 @@ the SQL lives in :mod:`sqlstore.statements`.
 
 from __future__ import annotations
 
-import posixpath
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -303,8 +302,10 @@ class SQLFileStore:
             return [path]
         if entries:
             self._ahead.listed(path_n)
+        # posixpath.join(path, name), spelled out: it runs once per child.
+        prefix = path if not path or path.endswith("/") else path + "/"
         return [
-            posixpath.join(path, name) + ("/" if is_dir else "")
+            prefix + name + "/" if is_dir else prefix + name
             for name, is_dir in sorted(entries.items())
         ]
 
