@@ -71,10 +71,19 @@ def create_engine(
         **dialect_options,
         **engine_options,
     }
+    if "poolclass" not in engine_options and not _in_memory(url):
+        # The most recently used connection first: its server process and prepared
+        # statements are warm, and spare connections can time out when idle.
+        options.setdefault("pool_use_lifo", True)
     engine = sqlalchemy.create_engine(url, **options)
     event.listen(engine, "connect", lambda dbapi_conn, _record: strategy.on_connect(dbapi_conn))
     _register(engine, strategy)
     return engine
+
+
+def _in_memory(url: URL) -> bool:
+    """An in-memory SQLite database (SQLAlchemy pools it one connection per thread)."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
 @dataclass

@@ -16,10 +16,12 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    cast,
     delete,
     exists,
     insert,
     literal_column,
+    null,
     or_,
     select,
     union_all,
@@ -86,7 +88,9 @@ class Statements:
 
         # -- list: direct files, the path itself as a file, the first subdirectory --
         kind = literal_column
-        direct = select(kind("1"), _f.name, _f.parent).where(_ns, _f.parent == bindparam("key"))
+        # Direct files need only their names; a typed NULL spares decoding the key per row.
+        no_parent = cast(null(), DirKey)
+        direct = select(kind("1"), _f.name, no_parent).where(_ns, _f.parent == bindparam("key"))
         itself = select(kind("2"), _f.name, _f.parent).where(_f.file_id == bindparam("fid"))
 
         def first_subdir(where: Any) -> Select[Any]:
