@@ -138,20 +138,20 @@ def after_child_dir(directory: str, child: str) -> bytes:
 
 def file_id(namespace: str, path: str) -> bytes:
     """The 16-byte primary key of ``path`` in ``namespace``."""
-    digest = hashlib.blake2b(digest_size=16, person=b"sqlstore-file")
-    digest.update(namespace.encode("utf-8"))
-    digest.update(SEP)
-    digest.update(path.encode("utf-8"))
-    return digest.digest()
+    return _digest(b"sqlstore-file", namespace, path)
 
 
 def lock_key(namespace: str, path: str) -> bytes:
     """A 16-byte digest naming the lock on ``path`` in ``namespace``.
 
     Dialects shorten it as their lock namespaces require (a signed 64-bit integer for
-    PostgreSQL advisory locks, a 64-character name for MySQL ``GET_LOCK``).
+    PostgreSQL advisory locks, part of a 64-character name for MySQL ``GET_LOCK``).
     """
-    digest = hashlib.blake2b(digest_size=16, person=b"sqlstore-lock")
+    return _digest(b"sqlstore-lock", namespace, path)
+
+
+def _digest(person: bytes, namespace: str, path: str) -> bytes:
+    digest = hashlib.blake2b(digest_size=16, person=person)
     digest.update(namespace.encode("utf-8"))
     digest.update(SEP)
     digest.update(path.encode("utf-8"))

@@ -519,6 +519,14 @@ class SQLFileStore:
         block = self._state.lock_block
         if block is not None:
             return self._guard(block.session, lambda: work(block.session))
+        return self._retrying(work)
+
+    def _checkout(self) -> Session:
+        """A connection with the schema checked, for a lock block (retried like ``_run``)."""
+        return self._retrying(lambda session: session, keep_open=True)
+
+    def _retrying(self, work: Callable[[Session], T], *, keep_open: bool = False) -> T:
+        """Run ``work`` on a fresh pooled connection, retrying transient failures."""
         delay = RETRY_BACKOFF
         for attempt in range(RETRY_ATTEMPTS):
             session = None
@@ -526,33 +534,9 @@ class SQLFileStore:
                 session = self._state.checkout()
                 self._state.check_schema(session)
                 result = work(session)
-                session.close()
-                return result
-            except self._state.dbapi_error as exc:
-                retry = self._classify(exc, session) and attempt + 1 < RETRY_ATTEMPTS
-                if not retry:
-                    raise self._translate(exc) from exc
-            except BaseException:
-                if session is not None:
+                if not keep_open:
                     session.close()
-                raise
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _checkout(self) -> Session:
-        """A connection with the schema checked, for a lock block (retried like ``_run``)."""
-
-        def checked(session: Session) -> Session:
-            self._state.check_schema(session)
-            return session
-
-        delay = RETRY_BACKOFF
-        for attempt in range(RETRY_ATTEMPTS):
-            session = None
-            try:
-                session = self._state.checkout()
-                return checked(session)
+                return result
             except self._state.dbapi_error as exc:
                 if not (self._classify(exc, session) and attempt + 1 < RETRY_ATTEMPTS):
                     raise self._translate(exc) from exc

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import ColumnElement, Insert, Select, Table, func
@@ -37,6 +37,8 @@ class DialectStrategy(ABC):
     max_content_size: ClassVar[int]
     #: What one lock excludes, for documentation and messages.
     lock_scope: ClassVar[str]
+    #: The dialect's ``insert()`` construct (with its upsert clauses).
+    insert: ClassVar[Any]
 
     def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
         """The URL to connect with, and ``create_engine`` defaults this dialect wants.
@@ -65,7 +67,6 @@ class DialectStrategy(ABC):
         """The database's current time, for ``created_at``/``updated_at``, in UTC."""
         return func.now()
 
-    @abstractmethod
     def upsert(
         self,
         table: Table,
@@ -76,13 +77,22 @@ class DialectStrategy(ABC):
     ) -> Insert:
         """``INSERT INTO table (columns) SELECT ...`` that overwrites an existing row.
 
+        This is ``INSERT ... ON CONFLICT (primary key) DO UPDATE`` with the dialect's own
+        :attr:`insert` construct; MySQL/MariaDB spell it differently.
+
         Args:
             table: The target table.
             columns: The columns ``source`` supplies, in its order.
             source: The rows to insert.
             replace: Columns that take the new row's values when the key exists.
-            touch: A timestamp column set to :meth:`utc_now` when the key exists.
+            touch: A timestamp column that takes the new row's value when the key exists.
         """
+        stmt = type(self).insert(table).from_select(list(columns), source)
+        values: dict[str, Any] = {name: stmt.excluded[name] for name in (*replace, touch)}
+        result: Insert = stmt.on_conflict_do_update(
+            index_elements=list(table.primary_key), set_=values
+        )
+        return result
 
     def begin(self, session: Session, *, snapshot: bool = False) -> None:
         """Open an explicit transaction on an autocommit connection.
@@ -124,22 +134,6 @@ class DialectStrategy(ABC):
     def is_busy(self, exc: BaseException) -> bool:
         """Whether a driver error means a lock wait ran out (raised as ``LockTimeoutError``)."""
         return False
-
-
-def on_conflict_upsert(
-    insert: Callable[[Table], Any],
-    table: Table,
-    columns: Sequence[str],
-    source: Select[Any],
-    replace: Sequence[str],
-    touch: str,
-) -> Insert:
-    """``INSERT ... ON CONFLICT (primary key) DO UPDATE``, as PostgreSQL and SQLite spell it."""
-    stmt = insert(table).from_select(list(columns), source)
-    values: dict[str, Any] = {name: stmt.excluded[name] for name in replace}
-    values[touch] = stmt.excluded[touch]
-    result: Insert = stmt.on_conflict_do_update(index_elements=list(table.primary_key), set_=values)
-    return result
 
 
 #: The longest wait any dialect accepts (PostgreSQL's lock_timeout is an int of ms).

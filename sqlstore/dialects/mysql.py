@@ -35,6 +35,7 @@ class MySQLStrategy(DialectStrategy):
     names = ("mysql", "mariadb")
     chunk_size = 1 << 20
     max_content_size = 1 << 30
+    insert = staticmethod(insert)
     lock_scope = "one (namespace, path) pair; other paths do not wait"
 
     def enter_autocommit(self, dbapi_connection: Any) -> object | None:
@@ -59,8 +60,7 @@ class MySQLStrategy(DialectStrategy):
         touch: str,
     ) -> Insert:
         stmt = insert(table).from_select(list(columns), source)
-        values: dict[str, Any] = {name: stmt.inserted[name] for name in replace}
-        values[touch] = stmt.inserted[touch]
+        values: dict[str, Any] = {name: stmt.inserted[name] for name in (*replace, touch)}
         return stmt.on_duplicate_key_update(values)
 
     def begin(self, session: Session, *, snapshot: bool = False) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Insert, Select, Table
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
-from .base import DialectStrategy, on_conflict_upsert, timeout_ms
+from .base import DialectStrategy, timeout_ms
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -37,6 +35,7 @@ class PostgreSQLStrategy(DialectStrategy):
 
     names = ("postgresql",)
     max_content_size = (1 << 30) - 1  # bytea's limit
+    insert = staticmethod(insert)
     lock_scope = "one (namespace, path) pair; other paths do not wait"
 
     def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
@@ -64,16 +63,6 @@ class PostgreSQLStrategy(DialectStrategy):
 
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         dbapi_connection.autocommit = token
-
-    def upsert(
-        self,
-        table: Table,
-        columns: Sequence[str],
-        source: Select[Any],
-        replace: Sequence[str],
-        touch: str,
-    ) -> Insert:
-        return on_conflict_upsert(insert, table, columns, source, replace, touch)
 
     def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
         try:

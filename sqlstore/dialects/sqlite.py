@@ -6,14 +6,12 @@ lock block and every write on that file, whatever its path. Readers never wait (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Insert, Select, Table
 from sqlalchemy.dialects.sqlite import insert
 
 from ..errors import LockTimeoutError
-from .base import DialectStrategy, on_conflict_upsert, timeout_ms
+from .base import DialectStrategy, timeout_ms
 
 if TYPE_CHECKING:
     from ..session import Session
@@ -34,6 +32,7 @@ class SQLiteStrategy(DialectStrategy):
 
     names = ("sqlite",)
     max_content_size = 1_000_000_000  # SQLITE_MAX_LENGTH's default
+    insert = staticmethod(insert)
     lock_scope = "the whole database file: SQLite has one writer at a time"
 
     def __init__(self, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
@@ -60,16 +59,6 @@ class SQLiteStrategy(DialectStrategy):
 
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         dbapi_connection.isolation_level = token
-
-    def upsert(
-        self,
-        table: Table,
-        columns: Sequence[str],
-        source: Select[Any],
-        replace: Sequence[str],
-        touch: str,
-    ) -> Insert:
-        return on_conflict_upsert(insert, table, columns, source, replace, touch)
 
     def begin(self, session: Session, *, snapshot: bool = False) -> None:
         # A deferred BEGIN that later writes fails at once with SQLITE_BUSY instead of
