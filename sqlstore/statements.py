@@ -75,8 +75,12 @@ class Statements:
             _f.name.desc()
         )
         self.read_ahead_up = batch.where(*in_dir, _f.name >= bindparam("name")).order_by(_f.name)
+        # Only the chunks the row counts: a file that shrank below chunk_size leaves
+        # its old chunks behind until it grows again or is deleted (see store.write).
         self.read_chunks = (
-            select(chunks.c.data).where(chunks.c.file_id == bindparam("fid")).order_by(chunks.c.seq)
+            select(chunks.c.data)
+            .where(chunks.c.file_id == bindparam("fid"), chunks.c.seq <= bindparam("count"))
+            .order_by(chunks.c.seq)
         )
         self.exists = select(
             or_(

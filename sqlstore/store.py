@@ -161,7 +161,10 @@ class SQLFileStore:
         write = self._prepared(self._sql.write(len(ancestor_ids)))
 
         def run(session: Session) -> int:
-            if size is None:
+            if len(pieces) == 1:
+                # One statement, also where contents may be chunked: readers use only
+                # the chunks the row counts, so chunks a larger version left behind are
+                # never read; the next chunked write or the delete removes them.
                 return session.rowcount(write, params)
             with self._transaction(session):
                 written = session.rowcount(write, params)
@@ -228,7 +231,8 @@ class SQLFileStore:
                 row = session.first(read, params)
                 if row is None:
                     return None
-                rest = session.all(self._prepared(self._sql.read_chunks), params)
+                chunk_params = {"fid": params["fid"], "count": row[1]}
+                rest = session.all(self._prepared(self._sql.read_chunks), chunk_params)
             return b"".join([bytes(row[0]), *(bytes(chunk) for (chunk,) in rest)])
 
         data = self._run(run)

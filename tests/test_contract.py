@@ -247,6 +247,18 @@ def test_large_content_round_trips(store: SQLFileStore, backend: str) -> None:
     assert not store.exists("big.bin")
 
 
+def test_content_that_shrinks_and_grows_again(store: SQLFileStore) -> None:
+    """On MySQL: 4 chunks, then none (the old ones stay, unread), then 2 chunks."""
+    big, small, medium = b"a" * (3_500_000), b"small", bytes(range(256)) * 6000
+    store.write("f", big)
+    store.write("f", small)
+    assert store.read_bytes("f") == small
+    store.write("f", medium)
+    assert store.read_bytes("f") == medium
+    store.delete("f")
+    assert not store.exists("f")
+
+
 def test_content_beyond_the_dialect_limit_is_refused_whole(store: SQLFileStore) -> None:
     limit = store._strategy.max_content_size
     store.write("f", "old")
