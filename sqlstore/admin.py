@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from . import migrations, paths
 from .catalog import (
+    FileRow,
     NamespaceStats,
     current_revision,
     file_rows,
@@ -136,11 +137,7 @@ def ls(engine: Engine, namespace: str, path: str = "", *, recursive: bool = Fals
     Raises:
         FileNotFoundError: nothing exists at ``path`` (or the namespace has no files).
     """
-    require_schema(engine)
-    path_n = paths.normalize(path)
-    rows = file_rows(engine, namespace, path_n)
-    if not rows:
-        raise FileNotFoundError(_missing(namespace, path_n))
+    path_n, rows = _rows_at(engine, namespace, path)
     if len(rows) == 1 and rows[0].path == path_n:
         row = rows[0]
         return [Entry(row.path, False, 1, row.size, row.updated_at)]
@@ -196,11 +193,7 @@ def du(engine: Engine, namespace: str, path: str = "") -> Usage:
     Raises:
         FileNotFoundError: nothing exists at ``path`` (or the namespace has no files).
     """
-    require_schema(engine)
-    path_n = paths.normalize(path)
-    rows = file_rows(engine, namespace, path_n)
-    if not rows:
-        raise FileNotFoundError(_missing(namespace, path_n))
+    path_n, rows = _rows_at(engine, namespace, path)
     return Usage(
         namespace,
         path_n,
@@ -257,6 +250,16 @@ def rm(engine: Engine, namespace: str, path: str, *, recursive: bool = False) ->
         raise IsADirectoryError(f"{namespace}/{path_n} is a directory (use -r to delete it)")
     SQLFileStore(engine, namespace).delete(path_n)
     return len(rows)
+
+
+def _rows_at(engine: Engine, namespace: str, path: str) -> tuple[str, list[FileRow]]:
+    """The normalised ``path`` and the files at or below it; raises if there are none."""
+    require_schema(engine)
+    path_n = paths.normalize(path)
+    rows = file_rows(engine, namespace, path_n)
+    if not rows:
+        raise FileNotFoundError(_missing(namespace, path_n))
+    return path_n, rows
 
 
 def _missing(namespace: str, path: str) -> str:
