@@ -76,7 +76,15 @@ class SQLFileStore:
         self._owns_engine = False
 
     @classmethod
-    def from_url(cls, url: str | URL, namespace: str, **engine_options: Any) -> SQLFileStore:
+    def from_url(
+        cls,
+        url: str | URL,
+        namespace: str,
+        *,
+        read_ahead: int = 64,
+        read_ahead_max_age: float = 2.0,
+        **engine_options: Any,
+    ) -> SQLFileStore:
         """Create a store with an engine of its own, closed with the store.
 
         For many namespaces on one database, create one engine with
@@ -85,10 +93,17 @@ class SQLFileStore:
         Args:
             url: A SQLAlchemy database URL.
             namespace: The store's namespace.
+            read_ahead: As for the constructor.
+            read_ahead_max_age: As for the constructor.
             **engine_options: Passed to :func:`sqlstore.create_engine`.
         """
         paths.check_namespace(namespace)
-        store = cls(create_engine(url, **engine_options), namespace)
+        store = cls(
+            create_engine(url, **engine_options),
+            namespace,
+            read_ahead=read_ahead,
+            read_ahead_max_age=read_ahead_max_age,
+        )
         store._owns_engine = True
         return store
 
