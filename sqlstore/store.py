@@ -450,9 +450,14 @@ class SQLFileStore:
 
     @contextmanager
     def _outer_block(self, key: bytes, timeout: float) -> Iterator[None]:
-        session = self._checkout()
+        def begin(session: Session) -> Session:
+            self._strategy.begin_locked(session, key, timeout)
+            return session
+
+        # Nothing has happened yet, so a connection that turns out dead (the server
+        # restarted) is retried like any single statement.
+        session = self._retrying(begin, keep_open=True)
         try:
-            self._guard(session, lambda: self._strategy.begin_locked(session, key, timeout))
             block = LockBlock(session, {key})
             self._state.lock_block = block
             try:
@@ -539,10 +544,6 @@ class SQLFileStore:
         if block is not None:
             return self._guard(block.session, lambda: work(block.session))
         return self._retrying(work)
-
-    def _checkout(self) -> Session:
-        """A connection with the schema checked, for a lock block (retried like ``_run``)."""
-        return self._retrying(lambda session: session, keep_open=True)
 
     def _retrying(self, work: Callable[[Session], T], *, keep_open: bool = False) -> T:
         """Run ``work`` on a fresh pooled connection, retrying transient failures."""

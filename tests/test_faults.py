@@ -84,12 +84,15 @@ def test_postgres_restart(store: SQLFileStore, migrated_url: sa.URL) -> None:
         pytest.skip("no way to restart PostgreSQL here (set SQLSTORE_TEST_PG_RESTART)")
     store.write("before", "1")
     restart_postgres(command, migrated_url)
-    # The pooled connections all died with the server; the same store goes on.
+    # The pooled connections all died with the server; the same store goes on, a lock
+    # block first (it finds the dead connection before it has done anything).
+    with store.lock("first", timeout=5):
+        store.write("first-after", "0")
     assert store.read("before") == "1"
     store.write("after", "2")
     with store.lock("l", timeout=5):
         store.write("in-lock", "3")
-    assert store.list("") == ["after", "before", "in-lock"]
+    assert store.list("") == ["after", "before", "first-after", "in-lock"]
 
 
 # -- SQLite's single writer -----------------------------------------------------------
