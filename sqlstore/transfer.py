@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import batched
 from pathlib import Path
 
@@ -150,6 +150,8 @@ def import_directory(
     Bytes are copied exactly. Lock files (``*.lock``, left by the SDK's file locks) and
     interrupted atomic writes (``.*.tmp``) are skipped, as are symlinks. A file already
     identical in the database is not written again, so importing twice changes nothing.
+    Written files take their modification time on disk as ``created_at``/``updated_at``,
+    so :func:`sqlstore.retention.purge` judges imported conversations by their real age.
     Files in the database that are not on disk are left alone.
 
     Args:
@@ -196,6 +198,7 @@ def import_directory(
                 ids = [paths.file_id(ns, path) for path, _ in keyed]
                 with engine.connect() as conn:
                     existing = rows_by_id(conn, clock, ids)
+                stamps: list[FileRow] = []
                 for (path, full), fid in zip(keyed, ids, strict=True):
                     data = full.read_bytes()
                     row = existing.get(fid)
@@ -203,7 +206,11 @@ def import_directory(
                         report.unchanged += 1
                     else:
                         writer.add(path, data)
+                        mtime = datetime.fromtimestamp(full.stat().st_mtime, UTC)
+                        stamps.append(FileRow(fid, path, len(data), mtime, mtime))
                 writer.flush()
+                # The file's own modification time, so purge sees its real age.
+                _set_times(engine, clock, stamps)
                 progress.advance(len(batch))
     finally:
         progress.finish()

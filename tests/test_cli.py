@@ -415,6 +415,17 @@ def test_import_one_tree(engine: sa.Engine, migrated_url: URL, run: CLI, tmp_pat
         "skipped link (symlink)",
     ]
     assert _snapshot(engine, [ns]) == {(ns, rel): data for rel, data in content.items()}
+    assert _updated(engine, ns) > datetime.now(UTC) - timedelta(hours=1)
+
+    # Imported files keep their time on disk, so purge judges them by their real age.
+    old_ns = _unique("old")
+    month_ago = (datetime.now(UTC) - timedelta(days=40)).timestamp()
+    os.utime(tree / "a" / "b.bin", (month_ago, month_ago))
+    assert run("--url", url, "import", str(tree / "a"), "--namespace", old_ns).code == 0
+    assert _updated(engine, old_ns) < datetime.now(UTC) - timedelta(days=39)
+    removed = admin.purge(engine, timedelta(days=30), prefix=old_ns).removed
+    assert [n.namespace for n in removed] == [old_ns]
+    os.utime(tree / "a" / "b.bin")
 
     again = run("--url", url, "import", str(tree), "--namespace", ns)
     assert "0 files written (0 bytes), 4 unchanged, 3 skipped" in again.out
@@ -425,6 +436,12 @@ def test_import_one_tree(engine: sa.Engine, migrated_url: URL, run: CLI, tmp_pat
 
     _one_error_line(run("--url", url, "import", str(tmp_path / "nope")), "not a directory")
     _one_error_line(run("--url", url, "import", str(tree / "uni")), "no conversation directories")
+
+
+def _updated(engine: sa.Engine, namespace: str) -> datetime:
+    """The newest write of ``namespace``, as the CLI reports it (UTC)."""
+    (info,) = admin.namespaces(engine, prefix=namespace)
+    return info.updated_at
 
 
 def test_export_then_resume_with_local_file_store(
