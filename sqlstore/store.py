@@ -189,19 +189,23 @@ class SQLFileStore:
                     session.rowcount(insert, {"file_id": fid, "seq": seq, "data": piece})
                 return written
 
-        written = self._run(run)
-        self._ahead.invalidate()
-        if written:
-            return
-        # Nothing was written: find out which tree rule refused it.
         is_file = self._prepared(self._sql.is_file)
 
         def blocking_file(session: Session) -> bool:
             return any(session.first(is_file, {"fid": a}) for a in ancestor_ids)
 
-        if self._run(blocking_file):
-            raise FileExistsError(f"a parent directory of {path!r} is a file")
-        raise IsADirectoryError(f"{path!r} is a directory")
+        for _ in range(3):
+            written = self._run(run)
+            self._ahead.invalidate()
+            if written:
+                return
+            # Nothing was written: find out which tree rule refused it.
+            if self._run(blocking_file):
+                raise FileExistsError(f"a parent directory of {path!r} is a file")
+            if self._is_dir(path_n):
+                raise IsADirectoryError(f"{path!r} is a directory")
+            # Another writer removed the obstacle in between: try again.
+        raise IsADirectoryError(f"{path!r} kept changing between a file and a directory")
 
     def read(self, path: str) -> str:
         """Return the file's content decoded as UTF-8.
