@@ -35,8 +35,6 @@ class DialectStrategy(ABC):
     chunk_size: ClassVar[int | None] = None
     #: Largest content the dialect stores, in bytes; a larger write raises ``FileTooLargeError``.
     max_content_size: ClassVar[int]
-    #: What one lock excludes, for documentation and messages.
-    lock_scope: ClassVar[str]
     #: The dialect's ``insert()`` construct (with its upsert clauses).
     insert: ClassVar[Any]
 

@@ -36,7 +36,6 @@ class MySQLStrategy(DialectStrategy):
     chunk_size = 1 << 20
     max_content_size = 1 << 30
     insert = staticmethod(insert)
-    lock_scope = "one (namespace, path) pair; other paths do not wait"
 
     def enter_autocommit(self, dbapi_connection: Any) -> object | None:
         if dbapi_connection.get_autocommit():

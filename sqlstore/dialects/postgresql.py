@@ -36,7 +36,6 @@ class PostgreSQLStrategy(DialectStrategy):
     names = ("postgresql",)
     max_content_size = (1 << 30) - 1  # bytea's limit
     insert = staticmethod(insert)
-    lock_scope = "one (namespace, path) pair; other paths do not wait"
 
     def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
         """Take ``?prepare_threshold=`` out of the URL into psycopg's connect arguments.

@@ -33,7 +33,6 @@ class SQLiteStrategy(DialectStrategy):
     names = ("sqlite",)
     max_content_size = 1_000_000_000  # SQLITE_MAX_LENGTH's default
     insert = staticmethod(insert)
-    lock_scope = "the whole database file: SQLite has one writer at a time"
 
     def __init__(self, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
         if synchronous.upper() not in _SYNCHRONOUS:
