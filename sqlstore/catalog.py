@@ -6,29 +6,38 @@ asks those questions without reading content, and turns what the database return
 into plain values:
 
 * a path, rebuilt from the ``parent`` and ``name`` columns (:func:`path_of`);
-* a timestamp, as an aware UTC ``datetime`` whatever the dialect returns
-  (:class:`Clock`): PostgreSQL returns aware values; SQLite (``CURRENT_TIMESTAMP``)
-  and MySQL/MariaDB (``UTC_TIMESTAMP()``, whatever the session's time zone) store
-  naive UTC.
+* a timestamp, as an aware UTC ``datetime`` whatever the dialect returns (each
+  dialect strategy knows how its database stores them).
+
+Every query runs through the engine's :class:`~sqlstore.database.Database`, with the
+store's retries and error conversion.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, column, func, inspect, or_, select, table
+from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy.sql import ClauseElement
 
 from . import paths
-from .engine import safe_url
+from .database import Database, database_for
 from .errors import SchemaError
 from .paths import path_of
-from .schema import SCHEMA_REVISION, VERSION_TABLE, files
+from .schema import SCHEMA_REVISION, files
+from .statements import Statement
 
-_MYSQL = ("mysql", "mariadb")
 _f = files.c
+_FILE_COLUMNS = (_f.file_id, _f.parent, _f.name, _f.size, _f.created_at, _f.updated_at)
+
+
+def query(db: Database, statement: ClauseElement) -> list[Sequence[Any]]:
+    """The rows of an ad hoc statement (compiled on the spot), with the store's retries."""
+    compiled = Statement.of(statement, db.engine.dialect)
+    return db.run(lambda conn: conn.all(compiled))
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -39,14 +48,7 @@ def current_revision(engine: Engine) -> str | None:
     Raises:
         SchemaError: the version table holds several revisions.
     """
-    version = table(VERSION_TABLE, column("version_num"))
-    with engine.connect() as conn:
-        if not inspect(conn).has_table(VERSION_TABLE):
-            return None
-        found = [str(v) for v in conn.execute(select(version.c.version_num)).scalars()]
-    if len(found) > 1:
-        raise SchemaError(f"{safe_url(engine.url)} records several sqlstore revisions: {found}")
-    return found[0] if found else None
+    return database_for(engine).revision()
 
 
 def require_schema(engine: Engine) -> None:
@@ -56,13 +58,10 @@ def require_schema(engine: Engine) -> None:
         SchemaError: the schema is missing or at another revision; the message names
             the command that fixes it.
     """
-    found = current_revision(engine)
+    db = database_for(engine)
+    found = db.revision()
     if found != SCHEMA_REVISION:
-        where = "no sqlstore schema" if found is None else f"schema revision {found}"
-        raise SchemaError(
-            f"{safe_url(engine.url)} has {where}, this sqlstore needs {SCHEMA_REVISION}; "
-            f"run `sqlstore db upgrade`"
-        )
+        raise SchemaError(db.schema_message(found))
 
 
 def prefix_range(prefix: str) -> tuple[str, str | None]:
@@ -95,44 +94,6 @@ def _prefix_filter(prefix: str | None) -> list[Any]:
 
 
 @dataclass(frozen=True)
-class Clock:
-    """The database's clock, and its timestamps as aware UTC values.
-
-    Attributes:
-        dialect: The engine's dialect name.
-        now: The database's current time, as sqlstore stores timestamps there; use it
-            to compute cutoffs that compare with stored values in the database's terms.
-    """
-
-    dialect: str
-    now: datetime
-
-    def to_utc(self, value: datetime) -> datetime:
-        """A stored timestamp as an aware UTC ``datetime``."""
-        if value.tzinfo is not None:
-            return value.astimezone(UTC)
-        return value.replace(tzinfo=UTC)
-
-    def to_db(self, value: datetime) -> datetime:
-        """An aware ``datetime`` as this database stores it (a bind parameter value)."""
-        utc = value.astimezone(UTC)
-        if self.dialect == "postgresql":
-            return utc
-        naive = utc.replace(tzinfo=None)
-        if self.dialect in _MYSQL:
-            naive = naive.replace(microsecond=0)  # DATETIME would round, not truncate
-        return naive
-
-
-def read_clock(conn: Connection) -> Clock:
-    """The database's current time, read on ``conn``."""
-    name = conn.dialect.name
-    # sqlstore stores UTC_TIMESTAMP() on MySQL/MariaDB, whatever the session time zone.
-    now_utc = func.utc_timestamp() if name in _MYSQL else func.now()
-    return Clock(name, conn.execute(select(now_utc)).scalar_one())
-
-
-@dataclass(frozen=True)
 class FileRow:
     """One stored file, without its content."""
 
@@ -153,14 +114,14 @@ class NamespaceStats:
     updated_at: datetime
 
 
-def _file_row(row: Any, clock: Clock) -> FileRow:
+def _file_row(db: Database, row: Sequence[Any]) -> FileRow:
     file_id, parent, name, size, created, updated = row
     return FileRow(
         bytes(file_id),
         path_of(bytes(parent), name),
         int(size),
-        clock.to_utc(created),
-        clock.to_utc(updated),
+        db.strategy.from_db_time(created),
+        db.strategy.from_db_time(updated),
     )
 
 
@@ -178,8 +139,8 @@ def iter_files(
         directory: A path; the file at that path and every file below it are listed.
         batch: Rows per query.
     """
+    db = database_for(engine)
     directory = paths.normalize(directory)
-    columns = (_f.file_id, _f.parent, _f.name, _f.size, _f.created_at, _f.updated_at)
     where: list[Any] = [_f.namespace == namespace]
     if directory != paths.ROOT:
         low, high = paths.subtree_range(directory)
@@ -189,20 +150,19 @@ def iter_files(
                 and_(_f.parent >= low, _f.parent < high),
             )
         )
-    query = select(*columns).where(*where).order_by(_f.parent, _f.name).limit(batch)
+    page = select(*_FILE_COLUMNS).where(*where).order_by(_f.parent, _f.name).limit(batch)
     last: tuple[bytes, str] | None = None
-    with engine.connect() as conn:
-        clock = read_clock(conn)
     while True:
-        page = query
+        statement = page
         if last is not None:
             parent, name = last
-            page = query.where(or_(_f.parent > parent, and_(_f.parent == parent, _f.name > name)))
-        with engine.connect() as conn:
-            rows = conn.execute(page).all()
+            statement = page.where(
+                or_(_f.parent > parent, and_(_f.parent == parent, _f.name > name))
+            )
+        rows = query(db, statement)
         if not rows:
             return
-        yield [_file_row(row, clock) for row in rows]
+        yield [_file_row(db, row) for row in rows]
         if len(rows) < batch:
             return
         last = (bytes(rows[-1][1]), rows[-1][2])
@@ -213,13 +173,13 @@ def file_rows(engine: Engine, namespace: str, directory: str = "") -> list[FileR
     return [row for batch in iter_files(engine, namespace, directory) for row in batch]
 
 
-def rows_by_id(conn: Connection, clock: Clock, file_ids: list[bytes]) -> dict[bytes, FileRow]:
-    """The rows among ``file_ids`` that exist, keyed by file id."""
+def rows_by_id(engine: Engine, namespace: str, file_ids: list[bytes]) -> dict[bytes, FileRow]:
+    """The rows of ``namespace`` among ``file_ids`` that exist, keyed by file id."""
     if not file_ids:
         return {}
-    columns = (_f.file_id, _f.parent, _f.name, _f.size, _f.created_at, _f.updated_at)
-    rows = conn.execute(select(*columns).where(_f.file_id.in_(file_ids))).all()
-    found = [_file_row(row, clock) for row in rows]
+    db = database_for(engine)
+    statement = select(*_FILE_COLUMNS).where(_f.namespace == namespace, _f.file_id.in_(file_ids))
+    found = [_file_row(db, row) for row in query(db, statement)]
     return {row.file_id: row for row in found}
 
 
@@ -236,21 +196,21 @@ def namespace_stats(
         prefix: Only namespaces starting with this.
         namespaces: Only these namespaces.
     """
-    query = (
+    db = database_for(engine)
+    statement = (
         select(_f.namespace, func.count(), func.sum(_f.size), func.max(_f.updated_at))
         .where(*_prefix_filter(prefix))
         .group_by(_f.namespace)
         .order_by(_f.namespace)
     )
     if namespaces is not None:
-        query = query.where(_f.namespace.in_(namespaces))
-    with engine.connect() as conn:
-        clock = read_clock(conn)
-        rows = conn.execute(query).all()
-    return [
-        NamespaceStats(ns, int(count), int(size or 0), clock.to_utc(updated))
-        for ns, count, size, updated in rows
-    ]
+        statement = statement.where(_f.namespace.in_(namespaces))
+    return [_stats(db, row) for row in query(db, statement)]
+
+
+def _stats(db: Database, row: Sequence[Any]) -> NamespaceStats:
+    ns, count, size, updated = row
+    return NamespaceStats(ns, int(count), int(size or 0), db.strategy.from_db_time(updated))
 
 
 @dataclass(frozen=True)
@@ -258,13 +218,11 @@ class StaleScan:
     """The result of :func:`stale_namespaces`.
 
     Attributes:
-        cutoff: The cutoff in the database's own terms (a bind parameter value).
-        cutoff_utc: The same instant, aware, in UTC.
-        namespaces: The namespaces whose newest write is older than the cutoff.
+        cutoff: The cutoff, aware, in UTC (by the database's clock).
+        namespaces: The namespaces whose newest write was older than the cutoff.
     """
 
     cutoff: datetime
-    cutoff_utc: datetime
     namespaces: list[NamespaceStats]
 
 
@@ -277,9 +235,9 @@ def stale_namespaces(
 ) -> StaleScan:
     """Namespaces whose newest write is older than ``age``, by the database's clock.
 
-    The cutoff is the database's ``now()`` minus ``age``, compared with stored values
-    in the database's own terms, so client clocks and time zones play no part. The
-    namespaces are found ``batch`` at a time (keyset pagination on the namespace).
+    The cutoff is the database's ``now()`` minus ``age``, so client clocks and time
+    zones play no part. The namespaces are found ``batch`` at a time (keyset pagination
+    on the namespace).
 
     Args:
         engine: The database.
@@ -287,35 +245,23 @@ def stale_namespaces(
         prefix: Only namespaces starting with this.
         batch: Namespaces per query.
     """
+    db = database_for(engine)
+    cutoff = db.now() - age
     newest = func.max(_f.updated_at)
-    with engine.connect() as conn:
-        clock = read_clock(conn)
-    cutoff = clock.now - age
-    query = (
+    statement = (
         select(_f.namespace, func.count(), func.sum(_f.size), newest)
         .where(*_prefix_filter(prefix))
         .group_by(_f.namespace)
-        .having(newest < cutoff)
+        .having(newest < db.strategy.to_db_time(cutoff))
         .order_by(_f.namespace)
         .limit(batch)
     )
     found: list[NamespaceStats] = []
     last: str | None = None
     while True:
-        page = query if last is None else query.where(_f.namespace > last)
-        with engine.connect() as conn:
-            rows = conn.execute(page).all()
-        found.extend(
-            NamespaceStats(ns, int(count), int(size or 0), clock.to_utc(updated))
-            for ns, count, size, updated in rows
-        )
+        page = statement if last is None else statement.where(_f.namespace > last)
+        rows = query(db, page)
+        found.extend(_stats(db, row) for row in rows)
         if len(rows) < batch:
-            return StaleScan(cutoff, clock.to_utc(cutoff), found)
+            return StaleScan(cutoff, found)
         last = rows[-1][0]
-
-
-def written_since(engine: Engine, namespace: str, cutoff: datetime) -> bool:
-    """Whether any file of ``namespace`` was written at or after ``cutoff`` (database terms)."""
-    query = select(func.count()).where(_f.namespace == namespace, _f.updated_at >= cutoff)
-    with engine.connect() as conn:
-        return bool(conn.execute(query).scalar_one())

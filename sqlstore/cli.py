@@ -19,7 +19,7 @@ from urllib.parse import quote, quote_plus
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, admin, paths
 from .engine import create_engine, safe_url
@@ -652,11 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error_message(exc: BaseException, ctx: Context) -> str:
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        text = f"{type(exc.orig).__name__}: {exc.orig}"
-        where = ", ".join(safe_url(u) for u in ctx.urls)
-        text = f"database error on {where}: {text}" if where else f"database error: {text}"
-    elif isinstance(exc, FileNotFoundError) and exc.filename is None and len(exc.args) == 1:
+    if isinstance(exc, FileNotFoundError) and exc.filename is None and len(exc.args) == 1:
         text = str(exc.args[0])  # the store raises FileNotFoundError(path)
     else:
         text = str(exc) or type(exc).__name__
@@ -708,11 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         _silence_stdout()  # e.g. `sqlstore cat ... | head`: the reader left
         return 1
-    except (SQLStoreError, SQLAlchemyError, OSError, ValueError, ImportError) as exc:
+    except (SQLStoreError, OSError, ValueError, ImportError) as exc:
+        # sqlstore raises only its own errors and builtins; anything else is a bug.
         return _fail(_error_message(exc, ctx))
-    except Exception as exc:
-        if type(exc).__module__.startswith("alembic."):  # e.g. an unknown revision
-            return _fail(_error_message(exc, ctx))
-        raise
     finally:
         ctx.dispose()

@@ -3,7 +3,9 @@
 Every error sqlstore raises on its own account derives from :class:`SQLStoreError`.
 Where a builtin exception already names the situation (``TimeoutError``, ``OSError``),
 the sqlstore error inherits it too, so callers written against the OpenHands
-``FileStore`` interface catch it without knowing about sqlstore.
+``FileStore`` interface catch it without knowing about sqlstore. Driver and SQLAlchemy
+errors never reach a caller: :mod:`sqlstore.database` converts them, keeping the
+original as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,27 @@ class SQLStoreError(Exception):
 
 
 class LockTimeoutError(SQLStoreError, TimeoutError):
-    """A lock was not acquired within its timeout, or was requested again by its holder."""
+    """A lock was not acquired within its timeout, or was requested again by its holder.
+
+    The timeout covers the whole acquisition: waiting for a pooled connection, connecting,
+    and waiting for the lock in the database.
+    """
 
 
 class DatabaseError(SQLStoreError, OSError):
     """The database failed, and retrying (where allowed) did not help.
 
     The driver's exception is attached as ``__cause__``.
+    """
+
+
+class DatabaseTimeoutError(DatabaseError, TimeoutError):
+    """The database did not answer in time, or no pooled connection became free in time.
+
+    Raised when connecting takes longer than ``connect_timeout``, a statement's answer
+    longer than ``read_timeout`` (see :func:`sqlstore.create_engine`), or the pool's
+    ``pool_timeout`` passes with every connection in use. Not retried: the server was
+    given its time.
     """
 
 

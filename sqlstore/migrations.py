@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+
+from .database import database_for
+from .dialects.sqlite import in_memory
+from .errors import SchemaError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -88,11 +92,20 @@ def stamp(url_or_engine: str | URL | Engine, revision: str) -> None:
 
 
 def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) -> None:
+    from alembic.util.exc import CommandError
+
     with migration_connection(url_or_engine) as conn:
-        config = alembic_config()
-        config.attributes["connection"] = conn
-        action(config)
-        conn.commit()
+        db = database_for(conn.engine)
+        with db.converting():
+            config = alembic_config()
+            config.attributes["connection"] = conn
+            try:
+                action(config)
+            except CommandError as exc:  # e.g. an unknown revision
+                raise SchemaError(f"{db.safe_url}: {exc}") from exc
+            conn.commit()
+        # Stores on this engine check the schema again on their next call.
+        db.forget_schema()
 
 
 @contextmanager
@@ -101,15 +114,33 @@ def migration_connection(url_or_engine: str | URL | Engine) -> Iterator[sa.Conne
 
     A URL gets an engine of its own, made like :func:`sqlstore.create_engine` makes
     them (so sqlstore's URL parameters work here too) and disposed afterwards.
+
+    Raises:
+        ValueError: ``url_or_engine`` is the URL of an in-memory SQLite database (it
+            would vanish with the engine made here: pass the engine instead).
+        DatabaseError: the database cannot be reached.
     """
     from .engine import create_engine
 
     if isinstance(url_or_engine, Engine):
         engine, owned = url_or_engine, False
     else:
-        engine, owned = create_engine(url_or_engine, poolclass=sa.pool.NullPool), True
+        url = make_url(url_or_engine)
+        if url.get_backend_name() == "sqlite" and in_memory(url):
+            raise ValueError(
+                "an in-memory SQLite database lives only as long as its engine: create it "
+                "with sqlstore.create_engine('sqlite://') and migrate that engine: "
+                "sqlstore.migrate(engine)"
+            )
+        engine, owned = create_engine(url, poolclass=sa.pool.NullPool), True
+    db = database_for(engine)
     try:
-        with engine.connect() as conn:
+        with (
+            db.converting(),
+            engine.connect() as conn,
+            # A migration may rewrite a whole table: no read timeout for it.
+            db.strategy.read_timeout(conn.connection.dbapi_connection, None),
+        ):
             # DDL runs in real transactions even on an autocommit engine (PostgreSQL and
             # SQLite roll a failed migration back whole).
             level = conn.dialect.default_isolation_level

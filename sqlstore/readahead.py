@@ -9,8 +9,12 @@ Freshness: each file read ahead is served once, to the first read of it; the fil
 started the batch is not kept at all, so reading a file twice always asks the database
 the second time. A read served from read-ahead is never older than this store's own last
 write or delete (both drop everything read ahead), and never older than ``max_age``
-seconds; another store or process may have changed that file within that window. Reads
-inside a lock block never use it. ``size=0`` turns read-ahead off.
+seconds; another store or process may have changed that file within that window. A
+write inside a lock block drops everything read ahead again when the block ends, so a
+batch fetched while the block was open never outlives its commit. Reads inside a lock
+block never use it. Files over
+:data:`~sqlstore.statements.READ_AHEAD_MAX_SIZE` bytes are never fetched ahead (the
+query leaves them out). ``size=0`` turns read-ahead off.
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ import posixpath
 import threading
 import time
 
-#: Files of more than this many bytes are not kept in read-ahead.
-MAX_KEPT_SIZE = 1 << 20
+from . import forking
 
 
 class ReadAhead:
@@ -31,11 +34,22 @@ class ReadAhead:
             raise ValueError("read-ahead size and max age must not be negative")
         self.size = size
         self.max_age = max_age
+        self._forks = forking.generation
         self._lock = threading.Lock()
         self._generation = 0
         self._listed: dict[str, float] = {}
         self._files: dict[str, tuple[bytes, float]] = {}
         self._last_read: dict[str, str] = {}
+
+    def _in_this_process(self) -> threading.Lock:
+        """The lock, new (with nothing read ahead) in a forked child."""
+        if self._forks != forking.generation:
+            # Another thread of the parent may have held the old lock at the fork.
+            self._forks = forking.generation
+            self._lock = threading.Lock()
+            self._generation += 1
+            self._listed, self._files, self._last_read = {}, {}, {}
+        return self._lock
 
     @property
     def enabled(self) -> bool:
@@ -46,7 +60,7 @@ class ReadAhead:
         """Record that ``directory`` was just listed: its files are about to be read."""
         if not self.enabled:
             return
-        with self._lock:
+        with self._in_this_process():
             self._listed[directory] = time.monotonic()
             if len(self._listed) > 16:  # a handful of directories is all a resume needs
                 oldest = min(self._listed, key=self._listed.__getitem__)
@@ -56,7 +70,7 @@ class ReadAhead:
         """The content of ``path`` if it was read ahead less than ``max_age`` ago (once)."""
         if not self._files:
             return None
-        with self._lock:
+        with self._in_this_process():
             found = self._files.pop(path, None)
             if found is None or time.monotonic() - found[1] > self.max_age:
                 return None
@@ -74,7 +88,7 @@ class ReadAhead:
         if not self.enabled:
             return None
         directory, name = posixpath.split(path)
-        with self._lock:
+        with self._in_this_process():
             listed = self._listed.get(directory)
             if listed is None or time.monotonic() - listed > self.max_age:
                 return None
@@ -97,17 +111,17 @@ class ReadAhead:
 
         ``requested``, the file whose read fetched the batch, is served at once, not kept.
         """
-        with self._lock:
+        with self._in_this_process():
             if generation != self._generation:
                 return  # this store wrote meanwhile: the batch may predate it
             self._files = {
                 posixpath.join(directory, name): (content, fetched)
                 for name, content in rows
-                if name != requested and len(content) <= MAX_KEPT_SIZE
+                if name != requested
             }
 
     def invalidate(self) -> None:
         """Forget everything read ahead (this store wrote or deleted something)."""
-        with self._lock:
+        with self._in_this_process():
             self._generation += 1
             self._files = {}

@@ -6,11 +6,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, select
 
-from .catalog import NamespaceStats, require_schema, stale_namespaces, written_since
+from .catalog import NamespaceStats, require_schema, stale_namespaces
+from .connection import PooledConnection
+from .database import Database, database_for
 from .progress import QUIET, Progress
-from .store import SQLFileStore
+from .schema import chunks, files
+from .statements import Statement
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _AGE = re.compile(r"(?:\d+[smhdw])+")
@@ -73,10 +76,12 @@ def purge(
 ) -> PurgeReport:
     """Delete every namespace whose newest write is older than ``older_than``.
 
-    A namespace goes as a whole (``store.delete("")``) or not at all: one recent write
-    keeps it. Age is measured by the database's clock against ``updated_at``. The
-    candidates are found ``batch`` namespaces per query; just before each deletion the
-    namespace is checked again, and kept if it was written to since the scan.
+    A namespace goes as a whole or not at all: one recent write keeps it. Age is
+    measured by the database's clock against ``updated_at``. The candidates are found
+    ``batch`` namespaces per query; then each is checked again and deleted in one
+    transaction that locks its files first, so a write that committed before that check
+    keeps the namespace, and a write that commits after it is never deleted (it lands
+    in an emptied namespace, as a write after ``store.delete("")`` would).
 
     Args:
         engine: The database.
@@ -93,19 +98,54 @@ def purge(
         raise ValueError("older_than must be positive")
     require_schema(engine)
     scan = stale_namespaces(engine, older_than, prefix=prefix, batch=batch)
-    report = PurgeReport(scan.cutoff_utc, dry_run)
+    report = PurgeReport(scan.cutoff, dry_run)
     if dry_run:
         report.removed = scan.namespaces
         return report
+    db = database_for(engine)
     progress.start(len(scan.namespaces), "purge")
     try:
         for info in scan.namespaces:
-            if written_since(engine, info.namespace, scan.cutoff):
-                report.kept.append(info.namespace)
-            else:
-                SQLFileStore(engine, info.namespace).delete("")
+            if _purge_namespace(db, info.namespace, scan.cutoff):
                 report.removed.append(info)
+            else:
+                report.kept.append(info.namespace)
             progress.advance()
     finally:
         progress.finish()
     return report
+
+
+def _purge_namespace(db: Database, namespace: str, cutoff: datetime) -> bool:
+    """Delete ``namespace`` unless a file of it was written at or after ``cutoff``.
+
+    Returns:
+        Whether it was deleted.
+    """
+    strategy = db.strategy
+    at = strategy.to_db_time(cutoff)
+    mine = files.c.namespace == namespace
+    old = (mine, files.c.updated_at < at)
+    dialect = db.engine.dialect
+    # FOR UPDATE: a concurrent overwrite of one of these files waits for the decision.
+    lock_all = Statement.of(select(files.c.updated_at).where(mine).with_for_update(), dialect)
+    delete_old = Statement.of(delete(files).where(*old), dialect)
+    delete_old_chunks = Statement.of(
+        delete(chunks).where(chunks.c.file_id.in_(select(files.c.file_id).where(*old))), dialect
+    )
+    newest_allowed = strategy.from_db_time(at)
+
+    def work(conn: PooledConnection) -> bool:
+        with conn.transaction():
+            stamps = [strategy.from_db_time(stamp) for (stamp,) in conn.all(lock_all)]
+            if not stamps:
+                return True  # emptied meanwhile: nothing left to purge
+            if max(stamps) >= newest_allowed:
+                return False
+            # Only what the check saw as old: a file written since is not touched.
+            if strategy.chunk_size is not None:
+                conn.rowcount(delete_old_chunks)
+            conn.rowcount(delete_old)
+            return True
+
+    return db.run(work)

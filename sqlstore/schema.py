@@ -29,6 +29,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from .dialects.mysql import MySQLStrategy
+
 #: The Alembic revision this code reads and writes. A test keeps it equal to the head.
 SCHEMA_REVISION = "0001"
 #: sqlstore's own Alembic version table, so it can share a database with an app's Alembic.
@@ -42,7 +44,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-_MYSQL = ("mysql", "mariadb")
+#: Dialect names whose paths are stored as VARBINARY.
+_MYSQL = MySQLStrategy.names
 
 
 class BytewiseString(TypeDecorator[str]):

@@ -1,34 +1,30 @@
 """``SQLFileStore``: the OpenHands ``FileStore`` interface on any supported database.
 
-This module names no database. Dialect differences live in :mod:`sqlstore.dialects`;
-the SQL lives in :mod:`sqlstore.statements`.
+This module holds the FileStore's rules only: paths, the implicit tree, what each call
+returns and raises. A call reads store → :mod:`sqlstore.paths` →
+:mod:`sqlstore.statements` → :mod:`sqlstore.database` (connections, transactions, lock
+blocks, retries, errors) → :mod:`sqlstore.dialects`. It names no database.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 from urllib.parse import quote
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from . import paths
-from .engine import EngineState, LockBlock, create_engine, safe_url, state_for
-from .errors import DatabaseError, FileTooLargeError, LockTimeoutError
+from .connection import PooledConnection
+from .database import Database, database_for, safe_url
+from .engine import create_engine
+from .errors import FileTooLargeError
 from .readahead import ReadAhead
-from .session import Session
 from .statements import ancestor_names
-
-T = TypeVar("T")
-
-#: Attempts for a single statement outside a lock block that fails transiently.
-RETRY_ATTEMPTS = 4
-#: Seconds before the first retry; doubled for each further one.
-RETRY_BACKOFF = 0.05
 
 
 class SQLFileStore:
@@ -68,11 +64,9 @@ class SQLFileStore:
     ) -> None:
         self._namespace = paths.check_namespace(namespace)
         self._ahead = ReadAhead(read_ahead, read_ahead_max_age)
-        self._state: EngineState = state_for(engine)
-        self._strategy = self._state.strategy
-        self._engine = self._state.engine
-        self._sql = self._state.statements
-        self._prepared = self._state.prepared
+        self._db: Database = database_for(engine)
+        self._engine = engine
+        self._sql = self._db.statements
         self._owns_engine = False
 
     @classmethod
@@ -148,10 +142,11 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"cannot write to the root directory: {path!r}")
-        limit = self._strategy.max_content_size
+        strategy = self._db.strategy
+        limit = strategy.max_content_size
         if len(data) > limit:
             raise FileTooLargeError(
-                f"{path!r}: {len(data)} bytes exceed the {self._engine.dialect.name} "
+                f"{path!r}: {len(data)} bytes exceed the {self._db.name} "
                 f"limit of {limit} bytes; nothing was written"
             )
         ns = self._namespace
@@ -159,7 +154,7 @@ class SQLFileStore:
         low, high = paths.subtree_range(path_n)
         fid = paths.file_id(ns, path_n)
         ancestor_ids = [paths.file_id(ns, a) for a in paths.ancestors(path_n)]
-        size = self._strategy.chunk_size
+        size = strategy.chunk_size
         pieces = [data] if size is None or len(data) <= size else _split(data, size)
         params: dict[str, Any] = {
             "fid": fid,
@@ -173,34 +168,32 @@ class SQLFileStore:
             "high": high,
         }
         params.update(zip(ancestor_names(len(ancestor_ids)), ancestor_ids, strict=True))
-        write = self._prepared(self._sql.write(len(ancestor_ids)))
+        sql = self._sql
+        write = sql.write(len(ancestor_ids))
 
-        def run(session: Session) -> int:
+        def run(conn: PooledConnection) -> int:
             if len(pieces) == 1:
                 # One statement, also where contents may be chunked: readers use only
                 # the chunks the row counts, so chunks a larger version left behind are
                 # never read; the next chunked write or the delete removes them.
-                return session.rowcount(write, params)
-            with self._transaction(session):
-                written = session.rowcount(write, params)
-                session.rowcount(self._prepared(self._sql.delete_chunks), {"fid": fid})
-                insert = self._prepared(self._sql.insert_chunk)
+                return conn.rowcount(write, params)
+            with conn.transaction():
+                written = conn.rowcount(write, params)
+                conn.rowcount(sql.delete_chunks, {"fid": fid})
                 for seq, piece in enumerate(pieces[1:] if written else [], start=1):
-                    session.rowcount(insert, {"file_id": fid, "seq": seq, "data": piece})
+                    conn.rowcount(sql.insert_chunk, {"file_id": fid, "seq": seq, "data": piece})
                 return written
 
-        is_file = self._prepared(self._sql.is_file)
-
-        def blocking_file(session: Session) -> bool:
-            return any(session.first(is_file, {"fid": a}) for a in ancestor_ids)
+        def blocking_file(conn: PooledConnection) -> bool:
+            return any(conn.first(sql.is_file, {"fid": a}) for a in ancestor_ids)
 
         for _ in range(3):
-            written = self._run(run)
-            self._ahead.invalidate()
+            written = self._db.run(run)
+            self._written()
             if written:
                 return
             # Nothing was written: find out which tree rule refused it.
-            if self._run(blocking_file):
+            if self._db.run(blocking_file):
                 raise FileExistsError(f"a parent directory of {path!r} is a file")
             if self._is_dir(path_n):
                 raise IsADirectoryError(f"{path!r} is a directory")
@@ -231,32 +224,19 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
-        if self._ahead.enabled and self._state.lock_block is None:
+        if self._ahead.enabled and self._db.block() is None:
             ahead = self._read_ahead(path_n)
             if ahead is not None:
                 return ahead
         params = {"fid": paths.file_id(self._namespace, path_n)}
-        read = self._prepared(self._sql.read)
-
-        def run(session: Session) -> bytes | None:
-            row = session.first(read, params)
-            if row is None:
-                return None
-            content, chunk_count = row
-            if not chunk_count:
-                return bytes(content)
-            # A chunked file: read the row and its chunks from one snapshot.
-            with self._transaction(session, snapshot=True):
-                row = session.first(read, params)
-                if row is None:
-                    return None
-                chunk_params = {"fid": params["fid"], "count": row[1]}
-                rest = session.all(self._prepared(self._sql.read_chunks), chunk_params)
-            return b"".join([bytes(row[0]), *(bytes(chunk) for (chunk,) in rest)])
-
-        data = self._run(run)
-        if data is not None:
-            return data
+        read = self._sql.read
+        # Where large contents are chunked, one statement returns the row's content
+        # and then its chunks, in order: one snapshot, never a torn file.
+        rows = self._db.run(lambda conn: conn.all(read, params))
+        if rows:
+            if len(rows) == 1:
+                return bytes(rows[0][0])
+            return b"".join(bytes(piece) for (piece,) in rows)
         if self._is_dir(path_n):
             raise IsADirectoryError(f"{path!r} is a directory")
         raise FileNotFoundError(path)
@@ -271,7 +251,7 @@ class SQLFileStore:
             return None
         generation, descending = plan
         directory, name = paths.split(path_n)
-        query = self._prepared(self._sql.read_ahead_down if descending else self._sql.read_ahead_up)
+        query = self._sql.read_ahead_down if descending else self._sql.read_ahead_up
         params = {
             "ns": self._namespace,
             "key": paths.dir_key(directory),
@@ -279,9 +259,8 @@ class SQLFileStore:
             "limit": self._ahead.size,
         }
         fetched = time.monotonic()
-        rows = self._run(lambda session: session.all(query, params))
-        # Chunked files are left to the ordinary read, which reads them whole.
-        batch = [(n, bytes(content)) for n, content, chunk_count in rows if not chunk_count]
+        rows = self._db.run(lambda conn: conn.all(query, params))
+        batch = [(n, bytes(content)) for n, content in rows]
         self._ahead.fill(directory, batch, name, generation, fetched)
         return next((content for n, content in batch if n == name), None)
 
@@ -302,8 +281,8 @@ class SQLFileStore:
             "low": low,
             "high": high,
         }
-        query = self._prepared(self._sql.exists)
-        row = self._run(lambda session: session.first(query, params))
+        query = self._sql.exists
+        row = self._db.run(lambda conn: conn.first(query, params))
         return bool(row and row[0])
 
     def list(self, path: str) -> list[str]:
@@ -320,7 +299,7 @@ class SQLFileStore:
                 retried: the SDK treats any error here as an empty directory).
         """
         path_n = paths.normalize(path)
-        entries = self._run(lambda session: self._list(session, path_n))
+        entries = self._db.run(lambda conn: self._list(conn, path_n))
         if entries is None:
             return [path]
         if entries:
@@ -332,18 +311,19 @@ class SQLFileStore:
             for name, is_dir in sorted(entries.items())
         ]
 
-    def _list(self, session: Session, path_n: str) -> dict[str, bool] | None:
+    def _list(self, conn: PooledConnection, path_n: str) -> dict[str, bool] | None:
         """Map each child name to whether it is a directory; ``None`` if a file."""
         ns = self._namespace
+        sql = self._sql
         low, high = paths.strict_subdir_range(path_n)
         params: dict[str, Any] = {"ns": ns, "key": paths.dir_key(path_n), "low": low}
         if path_n == paths.ROOT:
-            rows = session.all(self._prepared(self._sql.list_root), params)
-            probe = self._prepared(self._sql.next_subdir_root)
+            rows = conn.all(sql.list_root, params)
+            probe = sql.next_subdir_root
         else:
             params.update(high=high, fid=paths.file_id(ns, path_n))
-            rows = session.all(self._prepared(self._sql.list_dir), params)
-            probe = self._prepared(self._sql.next_subdir)
+            rows = conn.all(sql.list_dir, params)
+            probe = sql.next_subdir
         entries: dict[str, bool] = {}
         subdir: bytes | None = None
         for kind, name, parent in rows:
@@ -359,7 +339,7 @@ class SQLFileStore:
             child = paths.child_dir_of(path_n, subdir)
             entries[child] = True
             params["low"] = paths.after_child_dir(path_n, child)
-            row = session.first(probe, params)
+            row = conn.first(probe, params)
             subdir = None if row is None else bytes(row[1])
         return entries
 
@@ -376,7 +356,7 @@ class SQLFileStore:
         sql = self._sql
         if path_n == paths.ROOT:
             params: dict[str, Any] = {"ns": self._namespace}
-            stmt, chunk_stmt = sql.delete_namespace, sql.delete_namespace_chunks
+            delete, delete_chunks = sql.delete_namespace, sql.delete_namespace_chunks
         else:
             low, high = paths.subtree_range(path_n)
             params = {
@@ -385,19 +365,19 @@ class SQLFileStore:
                 "low": low,
                 "high": high,
             }
-            stmt, chunk_stmt = sql.delete_path, sql.delete_path_chunks
-        delete, delete_chunks = self._prepared(stmt), self._prepared(chunk_stmt)
+            delete, delete_chunks = sql.delete_path, sql.delete_path_chunks
+        chunked = self._db.strategy.chunk_size is not None
 
-        def run(session: Session) -> None:
-            if self._strategy.chunk_size is None:
-                session.rowcount(delete, params)
+        def run(conn: PooledConnection) -> None:
+            if not chunked:
+                conn.rowcount(delete, params)
                 return
-            with self._transaction(session):
-                session.rowcount(delete_chunks, params)
-                session.rowcount(delete, params)
+            with conn.transaction():
+                conn.rowcount(delete_chunks, params)
+                conn.rowcount(delete, params)
 
-        self._run(run)
-        self._ahead.invalidate()
+        self._db.run(run)
+        self._written()
 
     def get_absolute_path(self, path: str) -> str:
         """A stable identifier for ``path``, e.g. ``sqlstore+postgresql://host/db/ns/path``.
@@ -421,19 +401,23 @@ class SQLFileStore:
 
         The lock excludes every other holder of the same (namespace, path) in any
         thread, process or host using the database; on SQLite it excludes every writer
-        of the database file. Store calls made by this thread inside the block, through
-        any store on the same engine, join one transaction: it commits when the block
-        exits normally and rolls back if the block raises. A lock block inside another
-        is a savepoint; its locks are held until the outermost block ends.
+        of the database file. Store calls the caller makes inside the block, through any
+        store on the same engine, join one transaction: it commits when the block exits
+        normally and rolls back if the block raises. The caller is the thread, and the
+        asyncio task if one runs: another task's calls are never part of the block. A
+        lock block inside another is a savepoint; its locks are held until the outermost
+        block ends. Inside a block, a write or delete may report its error only when
+        the block ends (the block then rolls back whole).
 
         Args:
             path: The path to lock; it need not exist, and nothing is written for it.
-            timeout: Seconds to wait for the lock; 0 tries once; negative or ``inf``
-                waits as long as the database allows (about 24 days).
+            timeout: Seconds the acquisition may take, waiting for a pooled connection
+                and connecting included; 0 tries once; negative or ``inf`` waits as
+                long as the database allows (about 24 days).
 
         Raises:
             LockTimeoutError: (a ``TimeoutError``) not acquired within ``timeout``
-                seconds, or ``path`` is already locked by this thread.
+                seconds, or ``path`` is already locked by this caller.
             ValueError: ``path`` or ``timeout`` is invalid.
             DatabaseError: the database failed; the block's writes are rolled back.
         """
@@ -442,70 +426,8 @@ class SQLFileStore:
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
         key = paths.lock_key(self._namespace, path_n)
-        block = self._state.lock_block
-        if block is None:
-            with self._outer_block(key, timeout):
-                yield
-        else:
-            if key in block.held:
-                raise LockTimeoutError(f"{path!r} is already locked by this thread")
-            with self._nested_block(block, key, timeout):
-                yield
-
-    @contextmanager
-    def _outer_block(self, key: bytes, timeout: float) -> Iterator[None]:
-        def begin(session: Session) -> Session:
-            self._strategy.begin_locked(session, key, timeout)
-            return session
-
-        # Nothing has happened yet, so a connection that turns out dead (the server
-        # restarted) is retried like any single statement.
-        session = self._retrying(begin, keep_open=True)
-        try:
-            block = LockBlock(session, {key})
-            self._state.lock_block = block
-            try:
-                yield
-            except BaseException:
-                self._state.lock_block = None
-                self._end(session, commit=False, keys=block.held)
-                raise
-            self._state.lock_block = None
-            self._end(session, commit=True, keys=block.held)
-        finally:
-            session.close()
-
-    @contextmanager
-    def _nested_block(self, block: LockBlock, key: bytes, timeout: float) -> Iterator[None]:
-        session = block.session
-        block.depth += 1
-        savepoint = f"sqlstore_{block.depth}"
-
-        def sql(statement: str) -> None:
-            self._guard(session, lambda: session.sql(statement))
-
-        try:
-            # The lock is taken in a savepoint of its own, released at once: a failed
-            # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
-            # taken lock belongs to the enclosing transaction, so rolling the block back
-            # below does not release it before the outermost block ends.
-            sql(f"SAVEPOINT {savepoint}")
-            try:
-                self._guard(session, lambda: self._strategy.acquire_nested(session, key, timeout))
-            except BaseException:
-                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
-                raise
-            sql(f"RELEASE SAVEPOINT {savepoint}")
-            block.held.add(key)
-            sql(f"SAVEPOINT {savepoint}")
-            try:
-                yield
-            except BaseException:
-                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
-                raise
-            sql(f"RELEASE SAVEPOINT {savepoint}")
-        finally:
-            block.depth -= 1
+        with self._db.lock_block(key, timeout, repr(path)):
+            yield
 
     def flush(self) -> None:
         """Nothing to do: every call is written to the database before it returns."""
@@ -531,98 +453,19 @@ class SQLFileStore:
     def _is_dir(self, path_n: str) -> bool:
         low, high = paths.subtree_range(path_n)
         params = {"ns": self._namespace, "low": low, "high": high}
-        query = self._prepared(self._sql.is_dir)
-        row = self._run(lambda session: session.first(query, params))
+        query = self._sql.is_dir
+        row = self._db.run(lambda conn: conn.first(query, params))
         return bool(row and row[0])
 
-    def _run(self, work: Callable[[Session], T]) -> T:
-        """Run ``work`` in the thread's lock block, or on a pooled autocommit connection.
+    def _written(self) -> None:
+        """This store changed something: nothing read ahead before it may be served.
 
-        Outside a lock block every call is idempotent, so a transient failure (a dropped
-        connection, a serialization failure) is retried on a fresh connection with
-        exponential backoff. Inside a lock block nothing is retried: the block's
-        transaction is lost with its connection, so the error propagates and the block
-        rolls back.
+        Inside a lock block the change becomes visible to others only at the commit,
+        and a batch may be read ahead from the old state until then: drop it again
+        when the block ends.
         """
-        block = self._state.lock_block
-        if block is not None:
-            return self._guard(block.session, lambda: work(block.session))
-        return self._retrying(work)
-
-    def _retrying(self, work: Callable[[Session], T], *, keep_open: bool = False) -> T:
-        """Run ``work`` on a fresh pooled connection, retrying transient failures."""
-        delay = RETRY_BACKOFF
-        for attempt in range(RETRY_ATTEMPTS):
-            session = None
-            try:
-                session = self._state.checkout()
-                self._state.check_schema(session)
-                result = work(session)
-                if not keep_open:
-                    session.close()
-                return result
-            except self._state.dbapi_error as exc:
-                if not (self._classify(exc, session) and attempt + 1 < RETRY_ATTEMPTS):
-                    raise self._translate(exc) from exc
-            except BaseException:
-                if session is not None:
-                    session.close()
-                raise
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _classify(self, exc: BaseException, session: Session | None) -> bool:
-        """Give back or discard the session after ``exc``; whether a retry may help."""
-        disconnect = self._state.is_disconnect(exc, session)
-        if session is not None:
-            if disconnect:
-                session.invalidate(exc)
-            else:
-                session.close()
-        return disconnect or self._strategy.is_transient(exc)
-
-    def _guard(self, session: Session, step: Callable[[], T]) -> T:
-        """Run one step on a lock block's connection, converting driver errors."""
-        try:
-            return step()
-        except self._state.dbapi_error as exc:
-            raise self._translate(exc) from exc
-
-    @contextmanager
-    def _transaction(self, session: Session, *, snapshot: bool = False) -> Iterator[None]:
-        """A transaction for multi-statement work; inside a lock block, nothing to add."""
-        block = self._state.lock_block
-        if block is not None and block.session is session:
-            yield  # already atomic: the lock block commits or rolls back as a whole
-            return
-        self._strategy.begin(session, snapshot=snapshot)
-        try:
-            yield
-        except BaseException:
-            self._end(session, commit=False)
-            raise
-        self._end(session, commit=True)
-
-    def _end(self, session: Session, *, commit: bool, keys: set[bytes] | None = None) -> None:
-        try:
-            self._strategy.end(session, commit=commit, keys=keys or ())
-        except BaseException as exc:
-            # The transaction's fate is unknown and session locks may still be held:
-            # never hand this connection to anyone else.
-            session.invalidate(exc)
-            if isinstance(exc, self._state.dbapi_error):
-                raise self._translate(exc) from exc
-            raise
-
-    def _translate(self, exc: BaseException) -> Exception:
-        """The sqlstore exception for a driver error (the one place errors are converted)."""
-        if self._strategy.is_busy(exc):
-            return LockTimeoutError(f"lock wait timed out on {self._engine.dialect.name}: {exc}")
-        return DatabaseError(
-            f"{self._engine.dialect.name} error on {safe_url(self._engine.url)}: "
-            f"{type(exc).__name__}: {exc}"
-        )
+        self._ahead.invalidate()
+        self._db.when_block_done(self._ahead.invalidate)
 
 
 def _as_bytes(contents: object) -> bytes:

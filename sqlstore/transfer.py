@@ -20,17 +20,12 @@ from pathlib import Path
 from sqlalchemy import Engine, bindparam, update
 
 from . import paths
-from .catalog import (
-    Clock,
-    FileRow,
-    iter_files,
-    namespace_stats,
-    read_clock,
-    require_schema,
-    rows_by_id,
-)
+from .catalog import FileRow, iter_files, namespace_stats, require_schema, rows_by_id
+from .connection import PooledConnection
+from .database import database_for
 from .progress import QUIET, Progress
 from .schema import files
+from .statements import Statement
 from .store import SQLFileStore
 
 #: Files per batch: one metadata query and one transaction each.
@@ -185,8 +180,6 @@ def import_directory(
                 f"{root} has no conversation directories (one per conversation); "
                 f"give a namespace to import it as one tree"
             )
-    with engine.connect() as conn:
-        clock = read_clock(conn)
     progress.start(sum(len(found) for _, found in trees), "import")
     try:
         for ns, found in trees:
@@ -196,8 +189,7 @@ def import_directory(
             for batch in batched(found, BATCH_FILES):
                 keyed = [(paths.normalize(rel), full) for rel, full in batch]
                 ids = [paths.file_id(ns, path) for path, _ in keyed]
-                with engine.connect() as conn:
-                    existing = rows_by_id(conn, clock, ids)
+                existing = rows_by_id(engine, ns, ids)
                 stamps: list[FileRow] = []
                 for (path, full), fid in zip(keyed, ids, strict=True):
                     data = full.read_bytes()
@@ -210,7 +202,7 @@ def import_directory(
                         stamps.append(FileRow(fid, path, len(data), mtime, mtime))
                 writer.flush()
                 # The file's own modification time, so purge sees its real age.
-                _set_times(engine, clock, stamps)
+                _set_times(engine, stamps)
                 progress.advance(len(batch))
     finally:
         progress.finish()
@@ -311,33 +303,32 @@ def _same_times(a: FileRow, b: FileRow) -> bool:
     )
 
 
-def _set_times(engine: Engine, clock: Clock, rows: Sequence[FileRow]) -> None:
+def _set_times(engine: Engine, rows: Sequence[FileRow]) -> None:
     """Give ``rows``' files at the destination their source timestamps, in one transaction."""
     if not rows:
         return
+    db = database_for(engine)
     stamp_type = files.c.updated_at.type
-    stmt = (
+    statement = Statement.of(
         update(files)
         .where(files.c.file_id == bindparam("fid_"))
         .values(
             created_at=bindparam("created_", type_=stamp_type),
             updated_at=bindparam("updated_", type_=stamp_type),
-        )
+        ),
+        db.engine.dialect,
     )
+    to_db = db.strategy.to_db_time
     params = [
-        {
-            "fid_": row.file_id,
-            "created_": clock.to_db(row.created_at),
-            "updated_": clock.to_db(row.updated_at),
-        }
+        {"fid_": row.file_id, "created_": to_db(row.created_at), "updated_": to_db(row.updated_at)}
         for row in rows
     ]
-    with engine.connect() as conn:
-        level = conn.dialect.default_isolation_level
-        if level is not None:  # one transaction, not one commit per row
-            conn = conn.execution_options(isolation_level=level)
-        with conn.begin():
-            conn.execute(stmt, params)
+
+    def work(conn: PooledConnection) -> None:
+        with conn.transaction():  # one transaction, not one commit per row
+            conn.execute_many(statement, params)
+
+    db.run(work)
 
 
 def copy(
@@ -373,8 +364,6 @@ def copy(
         missing = sorted(set(wanted) - {s.namespace for s in stats})
         if missing:
             raise FileNotFoundError(f"not in the source database: {', '.join(missing)}")
-    with destination.connect() as conn:
-        clock = read_clock(conn)
     report = TransferReport()
     progress.start(sum(s.files for s in stats), "copy")
     try:
@@ -384,8 +373,7 @@ def copy(
             reader, target = SQLFileStore(source, ns), SQLFileStore(destination, ns)
             writer = _Writer(target, report)
             for batch in iter_files(source, ns, batch=BATCH_FILES):
-                with destination.connect() as conn:
-                    existing = rows_by_id(conn, clock, [row.file_id for row in batch])
+                existing = rows_by_id(destination, ns, [row.file_id for row in batch])
                 stamps: list[FileRow] = []
                 for row in batch:
                     try:
@@ -406,7 +394,7 @@ def copy(
                         writer.add(row.path, data)
                         stamps.append(row)
                 writer.flush()
-                _set_times(destination, clock, stamps)
+                _set_times(destination, stamps)
                 progress.advance(len(batch))
     finally:
         progress.finish()

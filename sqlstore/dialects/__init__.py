@@ -18,8 +18,14 @@ _STRATEGIES: dict[str, type[DialectStrategy]] = {
 def strategy_for(dialect_name: str, **options: Any) -> DialectStrategy:
     """The strategy for a SQLAlchemy dialect name.
 
+    Args:
+        dialect_name: ``engine.dialect.name`` or a URL's backend name.
+        **options: :func:`sqlstore.create_engine`'s dialect options (``sqlite_*``);
+            each strategy takes those that are its own.
+
     Raises:
         UnsupportedDialectError: no strategy serves ``dialect_name``.
+        ValueError: an option's value is invalid.
     """
     try:
         cls = _STRATEGIES[dialect_name]
@@ -28,7 +34,7 @@ def strategy_for(dialect_name: str, **options: Any) -> DialectStrategy:
         raise UnsupportedDialectError(
             f"sqlstore does not support the {dialect_name!r} dialect (supported: {supported})"
         ) from None
-    return cls(**options)
+    return cls.from_options(**options)
 
 
 __all__ = ["DialectStrategy", "strategy_for"]

@@ -1,9 +1,11 @@
 """The interface every database dialect implements.
 
-The generic store (:mod:`sqlstore.store`) names no database. Whatever differs between
-databases — how a lock is taken and waited for, how an upsert is spelled, how large a
-value may be, which driver errors are transient — lives in one module per dialect,
-behind :class:`DialectStrategy`.
+The generic store (:mod:`sqlstore.store`) and the connection layer
+(:mod:`sqlstore.database`) name no database. Whatever differs between databases — how
+a connection is opened and bounded in time, how a lock is taken and waited for, how an
+upsert is spelled, how large a value may be, which driver errors mean what, how
+timestamps are stored — lives in one module per dialect, behind
+:class:`DialectStrategy`.
 
 Connections run in autocommit mode, so a single statement is its own transaction and
 costs no ``BEGIN``/``COMMIT`` round trips. Multi-statement work (a lock block, a
@@ -16,18 +18,26 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, func
+from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, func
 from sqlalchemy.engine import URL
 
+from ..pooling import Timeouts
+
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..connection import PooledConnection
 
 
 class DialectStrategy(ABC):
-    """How sqlstore drives one kind of database."""
+    """How sqlstore drives one kind of database.
+
+    Attributes:
+        timeouts: The connect and read timeouts of the engine this strategy serves.
+    """
 
     #: ``engine.dialect.name`` values this strategy serves.
     names: ClassVar[tuple[str, ...]]
@@ -38,16 +48,63 @@ class DialectStrategy(ABC):
     #: The dialect's ``insert()`` construct (with its upsert clauses).
     insert: ClassVar[Any]
 
-    def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
+    timeouts: Timeouts = Timeouts()
+
+    # -- engines and connections ---------------------------------------------------
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Self:
+        """A strategy configured by :func:`sqlstore.create_engine`'s dialect options.
+
+        Each dialect takes the options named for it (``sqlite_*``) and ignores the rest.
+        """
+        return cls()
+
+    def engine_options(self, url: URL, given: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
         """The URL to connect with, and ``create_engine`` defaults this dialect wants.
 
-        A dialect may take sqlstore's own query parameters out of the URL here; callers'
-        explicit options override the returned defaults.
+        A dialect may take sqlstore's own query parameters out of the URL here; the
+        caller's explicit options (``given``) override the returned defaults.
+
+        Raises:
+            ValueError: ``given`` holds an option this database cannot work with.
         """
         return url, {}
 
+    def check_engine(self, engine: Engine) -> None:  # noqa: B027 - optional hook
+        """Raise if an engine made elsewhere cannot work with sqlstore (e.g. its pool)."""
+
+    def replaceable(self, url: URL) -> bool:
+        """Whether a pooled connection may be closed and replaced by a new one.
+
+        False where the connection is the database (SQLite in memory).
+        """
+        return True
+
+    def connect_params(self, cparams: dict[str, Any], connect: float, read: float) -> None:  # noqa: B027
+        """Put the connect and read timeouts into the driver's connect arguments.
+
+        Args:
+            cparams: The keyword arguments the driver's ``connect`` will get; changed in place.
+            connect: Seconds connecting may take (already shortened to a caller's deadline).
+            read: Seconds to wait for the answer to one statement.
+        """
+
+    def connect(self, dialect: Any, cargs: list[Any], cparams: dict[str, Any], read: float) -> Any:
+        """Open a DBAPI connection, or return ``None`` to let SQLAlchemy open it."""
+        return None
+
     def on_connect(self, dbapi_connection: Any) -> None:  # noqa: B027 - optional hook
         """Prepare a new DBAPI connection (session settings); called once per connection."""
+
+    @contextmanager
+    def read_timeout(self, dbapi_connection: Any, seconds: float | None) -> Iterator[None]:
+        """Within the block, wait up to ``seconds`` for each answer (``None``: forever).
+
+        For statements that wait in the server on purpose (a lock wait) or run long (a
+        migration). Dialects without a read timeout (SQLite) have nothing to change.
+        """
+        yield
 
     @abstractmethod
     def enter_autocommit(self, dbapi_connection: Any) -> object | None:
@@ -61,9 +118,21 @@ class DialectStrategy(ABC):
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         """Restore the mode :meth:`enter_autocommit` changed."""
 
+    # -- statements and time -------------------------------------------------------
+
     def utc_now(self) -> ColumnElement[Any]:
         """The database's current time, for ``created_at``/``updated_at``, in UTC."""
         return func.now()
+
+    def to_db_time(self, value: datetime) -> datetime:
+        """An aware ``datetime`` as this database stores timestamps (a bind value)."""
+        return value.astimezone(UTC)
+
+    def from_db_time(self, value: datetime) -> datetime:
+        """A stored timestamp as an aware UTC ``datetime``."""
+        if value.tzinfo is not None:
+            return value.astimezone(UTC)
+        return value.replace(tzinfo=UTC)
 
     def upsert(
         self,
@@ -92,18 +161,14 @@ class DialectStrategy(ABC):
         )
         return result
 
-    def begin(self, session: Session, *, snapshot: bool = False) -> None:
-        """Open an explicit transaction on an autocommit connection.
+    # -- transactions and locks ----------------------------------------------------
 
-        Args:
-            session: The connection.
-            snapshot: Whether every statement in the transaction must see one snapshot
-                (needed to read a chunked file consistently).
-        """
-        session.sql("BEGIN")
+    def begin(self, conn: PooledConnection) -> None:
+        """Open an explicit transaction on an autocommit connection."""
+        conn.sql("BEGIN")
 
     @abstractmethod
-    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
+    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         """Open a transaction that holds the lock ``key`` until :meth:`end`.
 
         Raises:
@@ -112,7 +177,7 @@ class DialectStrategy(ABC):
         """
 
     @abstractmethod
-    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
+    def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         """Take another lock inside a transaction opened by :meth:`begin_locked`.
 
         The caller has set a savepoint and rolls back to it if this raises.
@@ -121,9 +186,11 @@ class DialectStrategy(ABC):
             LockTimeoutError: not acquired within ``timeout`` seconds.
         """
 
-    def end(self, session: Session, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
+    def end(self, conn: PooledConnection, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
         """Commit or roll back the open transaction, then release session-level locks."""
-        session.sql("COMMIT" if commit else "ROLLBACK")
+        conn.sql("COMMIT" if commit else "ROLLBACK")
+
+    # -- errors --------------------------------------------------------------------
 
     @abstractmethod
     def is_transient(self, exc: BaseException) -> bool:
@@ -131,6 +198,10 @@ class DialectStrategy(ABC):
 
     def is_busy(self, exc: BaseException) -> bool:
         """Whether a driver error means a lock wait ran out (raised as ``LockTimeoutError``)."""
+        return False
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        """Whether a driver error means the server did not answer within a timeout."""
         return False
 
 

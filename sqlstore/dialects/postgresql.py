@@ -2,26 +2,67 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
-from .base import DialectStrategy, timeout_ms
+from .base import DialectStrategy, timeout_ms, timeout_seconds
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..connection import PooledConnection
 
 # SQLSTATE classes and codes worth one more try on a fresh connection.
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
 _TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _LOCK_NOT_AVAILABLE = "55P03"
+#: libpq's (and psycopg's) shortest connect timeout.
+_MIN_CONNECT_TIMEOUT = 2
 
 
 def advisory_key(key: bytes) -> int:
     """The signed 64-bit advisory lock key for a lock digest (big-endian, explicit)."""
     return int.from_bytes(key[:8], "big", signed=True)
+
+
+@cache
+def _timed_connection() -> Any:
+    """The psycopg ``Connection`` class with a read timeout on every wait for the server.
+
+    psycopg waits for the server in ``Connection.wait``, which takes a timeout that its
+    cursors never pass; libpq itself has no read timeout. A server that accepted the
+    connection and then stopped answering would hang a call forever.
+    """
+    import psycopg
+    from psycopg import errors
+
+    wait_timeout: type[Exception] = errors._WaitTimeout
+
+    class TimedConnection(psycopg.Connection[Any]):
+        #: Seconds to wait for the server in any one wait; set by sqlstore.
+        read_timeout: float | None = None
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            try:
+                limit = self.read_timeout if timeout is None else timeout
+                return super().wait(gen, interval, limit)
+            except wait_timeout:
+                # The protocol is mid-exchange: this connection can never be used again.
+                self.pgconn.finish()
+                raise ServerTimeout(
+                    f"the server did not answer within {self.read_timeout} s (read_timeout)"
+                ) from None
+
+    class ServerTimeout(psycopg.OperationalError):
+        """The server did not answer within the read timeout."""
+
+    TimedConnection.ServerTimeout = ServerTimeout  # type: ignore[attr-defined]
+    return TimedConnection
 
 
 class PostgreSQLStrategy(DialectStrategy):
@@ -37,7 +78,7 @@ class PostgreSQLStrategy(DialectStrategy):
     max_content_size = (1 << 30) - 1  # bytea's limit
     insert = staticmethod(insert)
 
-    def engine_options(self, url: URL) -> tuple[URL, dict[str, Any]]:
+    def engine_options(self, url: URL, given: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
         """Take ``?prepare_threshold=`` out of the URL into psycopg's connect arguments.
 
         psycopg prepares a statement on the server after it ran 5 times on a connection.
@@ -54,6 +95,16 @@ class PostgreSQLStrategy(DialectStrategy):
             "connect_args": {"prepare_threshold": threshold}
         }
 
+    def connect_params(self, cparams: dict[str, Any], connect: float, read: float) -> None:
+        given = cparams.get("connect_timeout")
+        limit = connect if given is None else min(connect, float(given))
+        cparams["connect_timeout"] = max(_MIN_CONNECT_TIMEOUT, math.ceil(limit))
+
+    def connect(self, dialect: Any, cargs: list[Any], cparams: dict[str, Any], read: float) -> Any:
+        connection = _timed_connection().connect(*cargs, **cparams)
+        connection.read_timeout = read
+        return connection
+
     def enter_autocommit(self, dbapi_connection: Any) -> object | None:
         if dbapi_connection.autocommit:
             return None
@@ -63,31 +114,46 @@ class PostgreSQLStrategy(DialectStrategy):
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         dbapi_connection.autocommit = token
 
-    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
+    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         try:
             if timeout == 0:
-                session.sql("BEGIN")
-                self._try(session, key)
+                conn.sql("BEGIN")
+                self._try(conn, key)
             else:
                 # BEGIN and the lock in one round trip: with no parameters the driver
                 # sends both statements at once (both values are integers we made).
-                session.sql(f"BEGIN; {self._lock_sql(key, timeout)}")
+                with self._patient(conn, timeout):
+                    conn.sql(f"BEGIN; {self._lock_sql(key, timeout)}")
         except BaseException as exc:
-            session.sql("ROLLBACK")
+            conn.rollback_quietly()
             if isinstance(exc, Exception) and self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
 
-    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
+    def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         if timeout == 0:
-            self._try(session, key)
+            self._try(conn, key)
             return
         try:
-            session.sql(self._lock_sql(key, timeout))
+            with self._patient(conn, timeout):
+                conn.sql(self._lock_sql(key, timeout))
         except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
+
+    @contextmanager
+    def read_timeout(self, dbapi_connection: Any, seconds: float | None) -> Iterator[None]:
+        base = getattr(dbapi_connection, "read_timeout", None)
+        dbapi_connection.read_timeout = seconds
+        try:
+            yield
+        finally:
+            dbapi_connection.read_timeout = base
+
+    def _patient(self, conn: PooledConnection, wait: float) -> AbstractContextManager[None]:
+        """Let one statement that waits ``wait`` seconds in the server take that much longer."""
+        return self.read_timeout(conn.dbapi, self.timeouts.read + timeout_seconds(wait))
 
     @staticmethod
     def _lock_sql(key: bytes, timeout: float) -> str:
@@ -99,8 +165,8 @@ class PostgreSQLStrategy(DialectStrategy):
         )
 
     @staticmethod
-    def _try(session: Session, key: bytes) -> None:
-        if not session.sql(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"):
+    def _try(conn: PooledConnection, key: bytes) -> None:
+        if not conn.sql(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"):
             raise LockTimeoutError("lock is held by another session (timeout=0)")
 
     def is_transient(self, exc: BaseException) -> bool:
@@ -112,3 +178,9 @@ class PostgreSQLStrategy(DialectStrategy):
 
     def is_busy(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE
+
+    def is_timeout(self, exc: BaseException) -> bool:
+        from psycopg.errors import ConnectionTimeout
+
+        server_timeout: type[Exception] = _timed_connection().ServerTimeout
+        return isinstance(exc, ConnectionTimeout | server_timeout)

@@ -6,18 +6,30 @@ lock block and every write on that file, whatever its path. Readers never wait (
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Self
 
+from sqlalchemy import Engine
 from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
 from .base import DialectStrategy, timeout_ms
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from ..connection import PooledConnection
 
 _SQLITE_BUSY = 5
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+
+def in_memory(url: URL) -> bool:
+    """Whether ``url`` names an in-memory SQLite database (one per connection)."""
+    database = url.database or ""
+    if database in ("", ":memory:"):
+        return True
+    return database.startswith("file:") and "mode=memory" in database
 
 
 class SQLiteStrategy(DialectStrategy):
@@ -40,6 +52,42 @@ class SQLiteStrategy(DialectStrategy):
         self.synchronous = synchronous.upper()
         self.busy_timeout_ms = timeout_ms(busy_timeout)
 
+    @classmethod
+    def from_options(cls, **options: Any) -> Self:
+        return cls(
+            synchronous=options.get("sqlite_synchronous", "FULL"),
+            busy_timeout=options.get("sqlite_busy_timeout", 30.0),
+        )
+
+    def engine_options(self, url: URL, given: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
+        if not in_memory(url):
+            return url, {}
+        if "poolclass" in given:
+            raise ValueError(
+                "an in-memory SQLite database is its one connection: sqlstore pools it "
+                "itself, so poolclass cannot be given"
+            )
+        # The database's only connection, lent to one caller at a time, any thread.
+        return url, {
+            "pool_size": 1,
+            "max_overflow": 0,
+            "connect_args": {"check_same_thread": False},
+        }
+
+    def check_engine(self, engine: Engine) -> None:
+        if in_memory(engine.url):
+            # SQLAlchemy pools an in-memory database per thread (or shares one connection
+            # between threads at once): neither gives every caller the same database
+            # with transactions kept apart.
+            raise ValueError(
+                "an in-memory SQLite engine made by sqlalchemy.create_engine gives each "
+                "thread its own database or shares one connection between threads at once; "
+                "make it with sqlstore.create_engine('sqlite://') (one database per engine)"
+            )
+
+    def replaceable(self, url: URL) -> bool:
+        return not in_memory(url)
+
     def on_connect(self, dbapi_connection: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
@@ -59,15 +107,19 @@ class SQLiteStrategy(DialectStrategy):
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         dbapi_connection.isolation_level = token
 
-    def begin(self, session: Session, *, snapshot: bool = False) -> None:
+    def to_db_time(self, value: datetime) -> datetime:
+        # CURRENT_TIMESTAMP is naive UTC text.
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def begin(self, conn: PooledConnection) -> None:
         # A deferred BEGIN that later writes fails at once with SQLITE_BUSY instead of
         # waiting; IMMEDIATE takes the write lock up front, under busy_timeout.
-        session.sql("BEGIN" if snapshot else "BEGIN IMMEDIATE")
+        conn.sql("BEGIN IMMEDIATE")
 
-    def begin_locked(self, session: Session, key: bytes, timeout: float) -> None:
-        session.sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout != 0 else 0}")
+    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
+        conn.sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout != 0 else 0}")
         try:
-            session.sql("BEGIN IMMEDIATE")
+            conn.sql("BEGIN IMMEDIATE")
         except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(
@@ -75,9 +127,9 @@ class SQLiteStrategy(DialectStrategy):
                 ) from exc
             raise
         finally:
-            session.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+            conn.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
 
-    def acquire_nested(self, session: Session, key: bytes, timeout: float) -> None:
+    def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         """The transaction already holds the database's only write lock."""
 
     def is_transient(self, exc: BaseException) -> bool:

@@ -1,0 +1,93 @@
+"""Which lock block a store call belongs to.
+
+A lock block is a transaction that every store call of its owner joins, through any
+store on the same engine. The owner is the caller that opened it: one thread and, when
+an asyncio event loop runs in that thread, one task. Blocks are kept in a
+``contextvars`` variable, so they follow the caller's context: another thread never
+sees them, and neither does a task created before the block opened.
+
+A context can also be copied *while* a block is open (``asyncio.create_task`` or
+``asyncio.to_thread`` inside the block, or a ``fork``). The copy sees the block but is
+not its owner, so its calls run on their own: never two callers on one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .connection import PooledConnection
+
+Owner = tuple[int, object]
+
+_open: ContextVar[Mapping[object, Block]] = ContextVar(
+    "sqlstore_lock_blocks", default=MappingProxyType({})
+)
+
+
+def owner() -> Owner:
+    """The caller's identity: its thread, and its asyncio task if one is running."""
+    try:
+        task: object = asyncio.current_task()
+    except RuntimeError:  # no event loop runs in this thread
+        task = None
+    return threading.get_ident(), task
+
+
+@dataclass(eq=False)
+class Block:
+    """An open lock block: its connection (and transaction), and what it holds.
+
+    Attributes:
+        conn: The connection carrying the block's transaction.
+        held: The lock keys taken so far (the outermost block's and nested ones).
+        depth: How many blocks are nested inside the outermost one.
+        owner: The thread and task that opened it.
+        pid: The process that opened it.
+        when_done: Callbacks to run once the block has committed or rolled back.
+    """
+
+    conn: PooledConnection
+    held: set[bytes]
+    depth: int = 0
+    owner: Owner = field(default_factory=owner)
+    pid: int = field(default_factory=os.getpid)
+    when_done: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this process only inherited the block across a fork."""
+        return self.pid != os.getpid()
+
+
+def current(database: object) -> Block | None:
+    """The caller's own open block on ``database``, if any."""
+    blocks = _open.get()
+    if not blocks:
+        return None  # the common case: no block anywhere in this context
+    block = blocks.get(database)
+    if block is None or block.inherited or block.owner != owner():
+        return None
+    return block
+
+
+@contextmanager
+def entered(database: object, block: Block) -> Iterator[None]:
+    """Make ``block`` the caller's block on ``database`` for the duration."""
+    before = _open.get()
+    token = _open.set({**before, database: block})
+    try:
+        yield
+    finally:
+        try:
+            _open.reset(token)
+        except ValueError:  # left in another context than it was entered in
+            _open.set(before)

@@ -1,0 +1,164 @@
+"""A pooled DBAPI connection checked out by sqlstore, and the statements run on it.
+
+Stores borrow a :class:`PooledConnection` for each call (or keep one for a lock block)
+and give it back at once, so thousands of stores share an engine's few connections.
+It is the lowest layer: it runs what it is given and knows nothing of retries or of
+which errors mean what (that is :mod:`sqlstore.database`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.pool import PoolProxiedConnection
+
+from .statements import Statement
+
+if TYPE_CHECKING:
+    from .dialects import DialectStrategy
+
+Params = Mapping[str, Any] | None
+
+
+class PooledConnection:
+    """One checked-out connection in autocommit mode. One thread uses it at a time.
+
+    Attributes:
+        raw: SQLAlchemy's proxy of the pooled DBAPI connection.
+        in_block: Whether it carries a lock block's transaction (then
+            :meth:`transaction` adds nothing: the block commits or rolls back whole).
+    """
+
+    __slots__ = ("_restore", "_strategy", "closed", "in_block", "raw")
+
+    def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
+        self.raw = raw
+        self._strategy = strategy
+        self.closed = False
+        self.in_block = False
+        # Engines not created in autocommit mode get it for the duration of the
+        # checkout, and their original mode back on return.
+        self._restore = strategy.enter_autocommit(raw.dbapi_connection)
+
+    @property
+    def dbapi(self) -> Any:
+        """The driver's connection object."""
+        return self.raw.dbapi_connection
+
+    def execute(self, statement: Statement, params: Params = None) -> Any:
+        """Run a compiled statement; returns the DBAPI cursor (closed by the caller)."""
+        cursor = self.raw.cursor()
+        try:
+            cursor.execute(statement.sql, statement.args(params))
+        except BaseException:
+            cursor.close()
+            raise
+        return cursor
+
+    def rowcount(self, statement: Statement, params: Params = None) -> int:
+        """Run a DML statement and return the number of rows it changed."""
+        cursor = self.execute(statement, params)
+        try:
+            count: int = cursor.rowcount
+            return count
+        finally:
+            cursor.close()
+
+    def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a DML statement once per parameter set (the driver's ``executemany``)."""
+        cursor = self.raw.cursor()
+        try:
+            args: list[Any] = [statement.args(row) for row in rows]
+            cursor.executemany(statement.sql, args)
+        finally:
+            cursor.close()
+
+    def first(self, statement: Statement, params: Params = None) -> Sequence[Any] | None:
+        """Run a query and return its first row, converted, or ``None``."""
+        cursor = self.execute(statement, params)
+        try:
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else statement.convert(row)
+
+    def all(self, statement: Statement, params: Params = None) -> list[Sequence[Any]]:
+        """Run a query and return all rows, converted."""
+        cursor = self.execute(statement, params)
+        try:
+            rows: list[Sequence[Any]] = cursor.fetchall()
+        finally:
+            cursor.close()
+        return rows if statement.plain else [statement.convert(row) for row in rows]
+
+    def sql(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
+        """Run literal SQL written in the driver's parameter style.
+
+        Returns:
+            The first column of the first row, if the statement returns rows.
+        """
+        cursor = self.raw.cursor()
+        try:
+            if params is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, params)
+            if cursor.description is None:
+                return None
+            row = cursor.fetchone()
+            return None if row is None else row[0]
+        finally:
+            cursor.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A transaction around multi-statement work; inside a lock block, nothing to add.
+
+        If the work raises, the transaction is rolled back and the work's error raised;
+        a rollback that fails too (the connection died) discards the connection and
+        never hides the first error.
+        """
+        if self.in_block:
+            yield
+            return
+        self._strategy.begin(self)
+        try:
+            yield
+        except BaseException:
+            self.rollback_quietly()
+            raise
+        self._strategy.end(self, commit=True)
+
+    def rollback_quietly(self) -> None:
+        """Roll back the open transaction; if even that fails, discard the connection."""
+        try:
+            self._strategy.end(self, commit=False)
+        except Exception as exc:
+            self.invalidate(exc)
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._restore is not None and self.raw.is_valid:
+                self._strategy.leave_autocommit(self.raw.dbapi_connection, self._restore)
+        finally:
+            self.raw.close()
+
+    def invalidate(self, exc: BaseException | None = None) -> None:
+        """Discard the connection: it is broken, or its transaction state is unknown.
+
+        The pool opens a new one in its place when next asked.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.raw.invalidate(exc)
+
+    def abandon(self) -> None:
+        """Let go of the connection without touching it (it belongs to another process)."""
+        self.closed = True

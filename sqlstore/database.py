@@ -1,0 +1,502 @@
+"""The one way sqlstore reaches a database.
+
+A :class:`Database` exists once per engine and is shared by every store, and by the
+administration code, on that engine. It owns what lies between a statement and the
+server: borrowing a connection, running work on it, multi-statement transactions and
+lock blocks (savepoints included), retries, timeouts, the schema check, what a fork or
+``engine.dispose()`` changes, and turning every driver or SQLAlchemy error into a
+sqlstore error or a builtin. Callers hand it work — a function of a
+:class:`~sqlstore.connection.PooledConnection` — and get a value or a sqlstore error.
+
+Retries: outside a lock block, work that fails because the connection died or the
+server asked for a retry (serialization failure, deadlock) runs again on a fresh
+connection, up to :data:`RETRY_ATTEMPTS` times with exponential backoff. Every unit of
+work sqlstore runs this way is idempotent. Inside a lock block nothing is retried: the
+block's transaction is lost with its connection, so the error propagates and the block
+rolls back. A timeout is never retried: the server was given its time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar, cast
+
+import sqlalchemy
+from sqlalchemy import Engine, column, select, table
+from sqlalchemy.engine import URL
+
+from . import blocks, forking, pooling
+from .blocks import Block
+from .connection import PooledConnection
+from .dialects import DialectStrategy, strategy_for
+from .dialects.base import timeout_seconds
+from .errors import (
+    DatabaseError,
+    DatabaseTimeoutError,
+    LockTimeoutError,
+    SchemaError,
+    SQLStoreError,
+)
+from .pooling import Timeouts
+from .schema import SCHEMA_REVISION, VERSION_TABLE
+from .statements import Statement, Statements
+
+T = TypeVar("T")
+
+#: Attempts for work outside a lock block that fails transiently.
+RETRY_ATTEMPTS = 4
+#: Seconds before the first retry; doubled for each further one.
+RETRY_BACKOFF = 0.05
+
+_VERSION = table(VERSION_TABLE, column("version_num"))
+
+
+class Database:
+    """One engine as sqlstore uses it. Get it with :func:`database_for`; thread-safe.
+
+    Attributes:
+        engine: The engine.
+        strategy: Its dialect strategy.
+        statements: The store's statements, compiled for the engine's dialect.
+    """
+
+    def __init__(self, engine: Engine, strategy: DialectStrategy, timeouts: Timeouts) -> None:
+        self.engine = engine
+        self.strategy = strategy
+        strategy.timeouts = timeouts
+        self.statements = Statements(engine.dialect, strategy)
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._now = Statement.of(select(strategy.utc_now()), engine.dialect)
+        self._revision = Statement.of(select(_VERSION.c.version_num), engine.dialect)
+        self._schema_ok = False
+        self._schema_lock = threading.Lock()
+        pooling.install(engine, strategy, timeouts)
+        forking.register(self)
+
+    @property
+    def name(self) -> str:
+        """The dialect's name, e.g. ``postgresql``."""
+        return str(self.engine.dialect.name)
+
+    @property
+    def safe_url(self) -> str:
+        """The engine's URL with any password masked."""
+        return safe_url(self.engine.url)
+
+    # -- running work ----------------------------------------------------------------
+
+    def run(self, work: Callable[[PooledConnection], T], *, check_schema: bool = True) -> T:
+        """Run ``work`` in the caller's lock block, or on a pooled autocommit connection.
+
+        Args:
+            work: Statements to run; it may open a transaction with
+                ``conn.transaction()`` (which joins the lock block, if any).
+            check_schema: Whether to check the schema revision first (once per engine).
+
+        Raises:
+            DatabaseError: the database failed (after retries, outside a lock block).
+            DatabaseTimeoutError: the server did not answer in time.
+            LockTimeoutError: a lock wait inside ``work`` ran out.
+            SchemaError: the schema is missing or at another revision.
+        """
+        block = blocks.current(self)
+        if block is not None:
+            return self._in_block(block, work)
+        return self._attempts(work, check_schema=check_schema)
+
+    def block(self) -> Block | None:
+        """The caller's open lock block on this engine, if any."""
+        return blocks.current(self)
+
+    def when_block_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the caller's lock block commits or rolls back (if in one)."""
+        block = blocks.current(self)
+        if block is not None and callback not in block.when_done:
+            block.when_done.append(callback)
+
+    def _in_block(self, block: Block, work: Callable[[PooledConnection], T]) -> T:
+        conn = block.conn
+        if conn.closed:
+            raise DatabaseError(
+                f"the lock block's connection to {self.safe_url} was lost; the block rolls back"
+            )
+        try:
+            return work(conn)
+        except self._dbapi_error as exc:
+            if self._is_disconnect(exc, conn) or self.strategy.is_timeout(exc):
+                self._discard(conn, exc)
+            raise self.translate(exc) from exc
+
+    def _attempts(
+        self,
+        work: Callable[[PooledConnection], T],
+        *,
+        check_schema: bool = True,
+        keep_open: bool = False,
+        acquiring: bool = False,
+    ) -> T:
+        """Run ``work`` on a fresh pooled connection, retrying transient failures."""
+        delay = RETRY_BACKOFF
+        for attempt in range(RETRY_ATTEMPTS):
+            conn: PooledConnection | None = None
+            try:
+                conn = self._checkout()
+                if check_schema:
+                    self.check_schema(conn)
+                result = work(conn)
+            except self._dbapi_error as exc:
+                retry = self._recover(conn, exc)
+                if not retry or attempt + 1 == RETRY_ATTEMPTS:
+                    raise self.translate(exc, acquiring=acquiring) from exc
+            except sqlalchemy.exc.TimeoutError as exc:  # no pooled connection became free
+                raise self._pool_timeout(exc, acquiring) from exc
+            except BaseException as exc:
+                if conn is not None:
+                    if isinstance(exc, Exception):
+                        conn.close()
+                    else:  # interrupted mid-statement: its state is unknown
+                        conn.invalidate(exc)
+                raise
+            else:
+                if not keep_open:
+                    conn.close()
+                return result
+            time.sleep(delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _checkout(self) -> PooledConnection:
+        return PooledConnection(self.engine.raw_connection(), self.strategy)
+
+    def _recover(self, conn: PooledConnection | None, exc: Exception) -> bool:
+        """Give back or discard ``conn`` after ``exc``; whether another attempt may help."""
+        if self.strategy.is_timeout(exc):
+            if conn is not None:
+                conn.invalidate(exc)
+            return False
+        disconnect = self._is_disconnect(exc, conn)
+        if conn is not None:
+            if disconnect:
+                self._discard(conn, exc)
+            else:
+                conn.close()
+        return disconnect or self.strategy.is_transient(exc)
+
+    def _is_disconnect(self, exc: Exception, conn: PooledConnection | None) -> bool:
+        """Whether ``exc`` means the connection is gone (SQLAlchemy's own test)."""
+        dbapi = None if conn is None or conn.closed else conn.dbapi
+        return bool(self.engine.dialect.is_disconnect(cast(Any, exc), dbapi, None))
+
+    def _discard(self, conn: PooledConnection, exc: BaseException) -> None:
+        """Discard ``conn`` and every pooled connection as old as it.
+
+        What SQLAlchemy's ``Connection`` does on a disconnect: when the server
+        restarted, every idle connection in the pool is dead too.
+        """
+        if conn.closed:
+            return
+        self.engine.pool._invalidate(conn.raw, exc)
+        conn.closed = True
+
+    # -- lock blocks -----------------------------------------------------------------
+
+    @contextmanager
+    def lock_block(self, key: bytes, timeout: float, label: str) -> Iterator[None]:
+        """Hold the lock ``key`` for the block, which is one transaction.
+
+        The caller's calls inside join the transaction; a block inside another is a
+        savepoint whose lock is held until the outermost block ends.
+
+        Args:
+            key: The lock's 16-byte digest.
+            timeout: Seconds the whole acquisition may take (pool wait and connecting
+                included); 0 tries once; negative or ``inf`` waits as long as the
+                database allows.
+            label: How to name the lock in an error message.
+
+        Raises:
+            LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
+            DatabaseError: the database failed; nothing of the block is committed.
+        """
+        block = blocks.current(self)
+        if block is None:
+            with self._outer(key, timeout):
+                yield
+            return
+        if key in block.held:
+            raise LockTimeoutError(f"{label} is already locked by this caller")
+        with self._nested(block, key, timeout):
+            yield
+
+    @contextmanager
+    def _outer(self, key: bytes, timeout: float) -> Iterator[None]:
+        wait = timeout_seconds(timeout)
+        unbounded = wait != timeout
+        at = None if unbounded else time.monotonic() + wait
+
+        def begin(conn: PooledConnection) -> PooledConnection:
+            left = timeout if at is None else max(0.0, at - time.monotonic())
+            self.strategy.begin_locked(conn, key, left)
+            return conn
+
+        # Nothing has happened yet, so a connection that turns out dead (the server
+        # restarted) is retried like any single statement.
+        with pooling.deadline(at):
+            conn = self._attempts(begin, keep_open=True, acquiring=True)
+        block = Block(conn, {key})
+        conn.in_block = True
+        try:
+            with blocks.entered(self, block):
+                try:
+                    yield
+                except BaseException:
+                    self._end(block, commit=False)
+                    raise
+            self._end(block, commit=True)
+        finally:
+            if block.inherited:
+                forking.keep(conn.raw)
+                conn.abandon()
+            else:
+                conn.close()
+
+    def _end(self, block: Block, *, commit: bool) -> None:
+        conn = block.conn
+        if block.inherited:
+            return  # a forked child never ends its parent's transaction
+        try:
+            if conn.closed:
+                if commit:
+                    raise DatabaseError(
+                        f"the lock block's connection to {self.safe_url} was lost; "
+                        "nothing of the block was committed"
+                    )
+                return
+            try:
+                self.strategy.end(conn, commit=commit, keys=block.held)
+            except BaseException as exc:
+                # The transaction's fate is unknown and session locks may still be held:
+                # never hand this connection to anyone else.
+                conn.invalidate(exc)
+                if isinstance(exc, self._dbapi_error):
+                    raise self.translate(exc) from exc
+                raise
+        finally:
+            for callback in block.when_done:
+                callback()
+
+    @contextmanager
+    def _nested(self, block: Block, key: bytes, timeout: float) -> Iterator[None]:
+        conn = block.conn
+        block.depth += 1
+        savepoint = f"sqlstore_{block.depth}"
+
+        def sql(statement: str) -> None:
+            self._in_block(block, lambda c: c.sql(statement))
+
+        try:
+            # The lock is taken in a savepoint of its own, released at once: a failed
+            # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
+            # taken lock belongs to the enclosing transaction, so rolling the block back
+            # below does not release it before the outermost block ends.
+            sql(f"SAVEPOINT {savepoint}")
+            try:
+                self._in_block(block, lambda c: self.strategy.acquire_nested(c, key, timeout))
+            except BaseException:
+                if not conn.closed:
+                    sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                raise
+            sql(f"RELEASE SAVEPOINT {savepoint}")
+            block.held.add(key)
+            sql(f"SAVEPOINT {savepoint}")
+            try:
+                yield
+            except BaseException:
+                if not conn.closed:
+                    sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                raise
+            sql(f"RELEASE SAVEPOINT {savepoint}")
+        finally:
+            block.depth -= 1
+
+    # -- schema and clock ------------------------------------------------------------
+
+    def revision(self) -> str | None:
+        """The database's sqlstore revision, or ``None`` if it has no sqlstore schema.
+
+        Raises:
+            SchemaError: the version table records several revisions.
+        """
+        return self.run(self._read_revision, check_schema=False)
+
+    def _read_revision(self, conn: PooledConnection) -> str | None:
+        try:
+            rows = conn.all(self._revision)
+        except self._dbapi_error as exc:
+            # A connection failure is the caller's to handle; anything else means
+            # there is no version table.
+            if self._is_disconnect(exc, conn) or self.strategy.is_transient(exc):
+                raise
+            if self.strategy.is_timeout(exc):
+                raise
+            return None
+        found = [str(version) for (version,) in rows]
+        if len(found) > 1:
+            raise SchemaError(f"{self.safe_url} records several sqlstore revisions: {found}")
+        return found[0] if found else None
+
+    def check_schema(self, conn: PooledConnection) -> None:
+        """Raise :class:`SchemaError` unless the schema is at this code's revision.
+
+        Checked once per engine; a failure is not remembered, so migrating and then
+        retrying works without a new store.
+        """
+        if self._schema_ok:
+            return
+        with self._schema_lock:
+            if self._schema_ok:
+                return
+            found = self._read_revision(conn)
+            if found != SCHEMA_REVISION:
+                raise SchemaError(self.schema_message(found))
+            self._schema_ok = True
+
+    def forget_schema(self) -> None:
+        """Check the schema again on the next call (it was just migrated)."""
+        self._schema_ok = False
+
+    def schema_message(self, found: str | None) -> str:
+        """Why the schema is not usable, and the command that fixes it."""
+        where = "no sqlstore schema" if found is None else f"schema revision {found!r}"
+        if not self.strategy.replaceable(self.engine.url):
+            fix = (
+                "an in-memory database lives as long as its engine: "
+                "run `sqlstore.migrate(engine)` on this engine"
+            )
+        else:
+            fix = (
+                f"bring it to head with `sqlstore --url {self.safe_url} db upgrade`, "
+                "`sqlstore.migrate(url)`, or in a checkout `alembic -x url=<url> upgrade head`"
+            )
+        needed = f"this sqlstore needs revision {SCHEMA_REVISION}"
+        return f"{self.safe_url} has {where}; {needed}. {fix}."
+
+    def now(self) -> datetime:
+        """The database's current time, as it stamps ``updated_at``, aware and in UTC."""
+        row = self.run(lambda conn: conn.first(self._now), check_schema=False)
+        assert row is not None
+        return self.strategy.from_db_time(row[0])
+
+    # -- errors ----------------------------------------------------------------------
+
+    def translate(self, exc: BaseException, *, acquiring: bool = False) -> Exception:
+        """The sqlstore exception for a driver error (the one place errors are converted).
+
+        Args:
+            exc: The driver's (or SQLAlchemy's) exception.
+            acquiring: Whether a lock was being acquired (a timeout is then the lock's).
+        """
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+            exc = exc.orig
+        if isinstance(exc, sqlalchemy.exc.TimeoutError):
+            return self._pool_timeout(exc, acquiring)
+        text = f"{self.name} error on {self.safe_url}: {type(exc).__name__}: {exc}"
+        if self.strategy.is_busy(exc):
+            return LockTimeoutError(f"lock wait timed out on {self.name}: {exc}")
+        if self.strategy.is_timeout(exc):
+            if acquiring:
+                return LockTimeoutError(f"lock not acquired in time: {text}")
+            return DatabaseTimeoutError(text)
+        return DatabaseError(text)
+
+    def _pool_timeout(self, exc: BaseException, acquiring: bool) -> Exception:
+        if acquiring:
+            return LockTimeoutError(
+                f"lock not acquired in time: no pooled connection to {self.safe_url} became free"
+            )
+        return DatabaseTimeoutError(
+            f"no pooled connection to {self.safe_url} became free in time: {exc}"
+        )
+
+    @contextmanager
+    def converting(self) -> Iterator[None]:
+        """Convert errors raised in the block by SQLAlchemy or the driver (e.g. Alembic's)."""
+        try:
+            yield
+        except SQLStoreError:
+            raise
+        except (sqlalchemy.exc.SQLAlchemyError, self._dbapi_error) as exc:
+            raise self.translate(exc) from exc
+
+    # -- fork ------------------------------------------------------------------------
+
+    def after_fork(self) -> None:
+        """In a forked child: a pool of the child's own, and locks no thread holds."""
+        self._schema_lock = threading.Lock()
+        # The parent's pool and connections stay referenced, never closed, here.
+        forking.keep(self.engine.pool)
+        self.engine.dispose(close=False)
+
+
+def safe_url(url: URL) -> str:
+    """``url`` as a string with any password masked."""
+    return url.render_as_string(hide_password=True)
+
+
+_databases: weakref.WeakKeyDictionary[Engine, Database] = weakref.WeakKeyDictionary()
+_databases_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # Another thread of the parent may have held it at the fork.
+    global _databases_lock
+    _databases_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
+def _root(engine: Engine) -> Engine:
+    # engine.execution_options(...) makes a proxy engine sharing the pool; every proxy
+    # of one engine is one database to sqlstore (one set of lock blocks).
+    while True:
+        proxied = getattr(engine, "_proxied", None)
+        if proxied is None:
+            return engine
+        engine = proxied
+
+
+def database_for(engine: Engine) -> Database:
+    """The :class:`Database` of ``engine``, created on first use (no I/O).
+
+    Raises:
+        UnsupportedDialectError: the engine's database is not supported.
+        ValueError: the engine cannot work with sqlstore (an in-memory SQLite engine
+            not made by :func:`sqlstore.create_engine`).
+    """
+    engine = _root(engine)
+    found = _databases.get(engine)
+    if found is not None:
+        return found
+    strategy = strategy_for(engine.dialect.name)
+    strategy.check_engine(engine)
+    return register(engine, strategy, Timeouts())
+
+
+def register(engine: Engine, strategy: DialectStrategy, timeouts: Timeouts) -> Database:
+    """Make ``engine`` known to sqlstore with this strategy and these timeouts."""
+    engine = _root(engine)
+    with _databases_lock:
+        found = _databases.get(engine)
+        if found is None:
+            found = _databases[engine] = Database(engine, strategy, timeouts)
+        return found
+
+
+__all__ = ["RETRY_ATTEMPTS", "RETRY_BACKOFF", "Database", "database_for", "safe_url"]
