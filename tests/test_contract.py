@@ -260,7 +260,7 @@ def test_content_that_shrinks_and_grows_again(store: SQLFileStore) -> None:
 
 
 def test_content_beyond_the_dialect_limit_is_refused_whole(store: SQLFileStore) -> None:
-    limit = store._strategy.max_content_size
+    limit = store._db.strategy.max_content_size
     store.write("f", "old")
     with pytest.raises(sqlstore.FileTooLargeError) as info:
         store.write("f", bytes(limit + 1))

@@ -9,14 +9,16 @@ import sys
 import textwrap
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 import sqlstore
-from sqlstore import SQLFileStore
+from sqlstore import SQLFileStore, admin
 from tests.faults import kill_other_sessions, postgres_restart_command, restart_postgres
+from tests.proxy import proxy_to
 
 SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
 
@@ -270,3 +272,66 @@ def test_namespaces_do_not_share_locks(engine: sa.Engine, backend: str) -> None:
     finally:
         release.set()
         thread.join()
+
+
+# -- a connection lost in the middle of a transaction outside a lock block -------------
+
+
+@SERVERS
+def test_a_multi_statement_call_whose_connection_dies_midway_is_retried_whole(
+    migrated_url: sa.URL, namespace: str, backend: str
+) -> None:
+    """On MariaDB a write over 1 MiB, and a delete, are several statements."""
+    assert migrated_url.host is not None and migrated_url.port is not None
+    big = [bytes([i]) * (3 << 20) for i in (1, 2)]
+    with proxy_to(migrated_url.host, migrated_url.port) as proxy:
+        engine = sqlstore.create_engine(migrated_url.set(port=proxy.port))
+        store = SQLFileStore(engine, namespace)
+        try:
+            store.write("big", big[0])
+            store.write("other/a", "x")
+            for attempt in range(1, 5):  # cut at each point of the transaction in turn
+                proxy.cut_after(attempt)
+                store.write("big", big[attempt % 2])
+                assert store.read_bytes("big") == big[attempt % 2]
+            proxy.cut_after(2)
+            store.delete("big")
+            assert not store.exists("big")
+            assert store.read("other/a") == "x"
+        finally:
+            engine.dispose()
+
+
+# -- errors from outside the store are sqlstore errors too ------------------------------
+
+
+def test_migrate_and_admin_on_an_unreachable_server_raise_database_errors() -> None:
+    url = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+    with pytest.raises(sqlstore.DatabaseError) as info:
+        sqlstore.migrate(url)
+    assert isinstance(info.value.__cause__, Exception)
+    engine = sqlstore.create_engine(url)
+    try:
+        calls = {
+            "namespaces": lambda: admin.namespaces(engine),
+            "ls": lambda: admin.ls(engine, "ns"),
+            "du": lambda: admin.du(engine, "ns"),
+            "cat": lambda: admin.cat(engine, "ns", "a"),
+            "purge": lambda: admin.purge(engine, timedelta(days=1)),
+            "current_revision": lambda: admin.current_revision(engine),
+            "copy": lambda: admin.copy(engine, engine),
+            "upgrade": lambda: admin.upgrade(engine),
+        }
+        for name, call in calls.items():
+            with pytest.raises(sqlstore.DatabaseError):
+                call()
+            assert name
+    finally:
+        engine.dispose()
+
+
+def test_an_unknown_revision_is_a_schema_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    sqlstore.migrate(url)
+    with pytest.raises(sqlstore.SchemaError, match="nonexistent"):
+        sqlstore.migrate(url, "nonexistent")

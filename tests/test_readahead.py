@@ -6,8 +6,11 @@ whether a read came from read-ahead or from the database.
 
 from __future__ import annotations
 
+import threading
 import time
+import tracemalloc
 
+import pytest
 import sqlalchemy as sa
 
 from sqlstore import SQLFileStore
@@ -112,3 +115,49 @@ def test_deleted_and_binary_files_through_read_ahead(engine: sa.Engine, namespac
     assert reader.read(names[-2]) == "v8"  # read ahead before the delete, within max_age
     assert reader.read_bytes(names[0]) == b"\xff\x00"
     assert not reader.exists(names[-2])  # exists is never cached
+
+
+def test_a_batch_fetched_while_a_block_was_open_does_not_outlive_its_commit(
+    engine: sa.Engine, namespace: str
+) -> None:
+    store = SQLFileStore(engine, namespace)
+    for name in ("f1", "f2", "f3"):
+        store.write(f"d/{name}", "old")
+    filled, committed = threading.Event(), threading.Event()
+
+    def read_meanwhile() -> None:
+        # Another thread, same store: lists and starts a batch from the committed state.
+        assert store.list("d") == ["d/f1", "d/f2", "d/f3"]
+        assert store.read("d/f3") == "old"
+        filled.set()
+
+    with store.lock("d.lock", timeout=5):
+        store.write("d/f2", "new")
+        store.delete("d/f1")
+        reader = threading.Thread(target=read_meanwhile)
+        reader.start()
+        assert filled.wait(10)
+        reader.join()
+    committed.set()
+    # After its own commit the store serves its own writes, never the older batch.
+    assert store.read("d/f2") == "new"
+    with pytest.raises(FileNotFoundError):
+        store.read("d/f1")
+
+
+def test_large_files_are_never_fetched_ahead(engine: sa.Engine, namespace: str) -> None:
+    big = 2 << 20
+    other = SQLFileStore(engine, namespace, read_ahead=0)
+    for i in range(8):
+        other.write(f"events/big-{i}", bytes([i]) * big)
+    reader = SQLFileStore(engine, namespace)
+    names = reader.list("events")
+    tracemalloc.start()
+    try:
+        assert reader.read_bytes(names[-1]) == bytes([7]) * big
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One file's worth (and the driver's copy of it), not eight.
+    assert peak < 4 * big
+    assert reader.read_bytes(names[-2]) == bytes([6]) * big

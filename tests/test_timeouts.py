@@ -1,0 +1,162 @@
+"""Every call is bounded in time: an exhausted pool, a silent server, a stalled one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+import sqlstore
+from sqlstore import SQLFileStore
+from tests.proxy import Proxy, proxy_to, silent_server
+
+SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+URLS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:{port}/test",
+    "mysql": "mysql+pymysql://root@127.0.0.1:{port}/test",
+}
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _elapsed(call: Callable[[], object], raises: type[BaseException]) -> float:
+    started = time.monotonic()
+    with pytest.raises(raises):
+        call()
+    return time.monotonic() - started
+
+
+# -- the pool has no free connection ------------------------------------------------
+
+
+@pytest.fixture
+def one_connection(migrated_url: URL) -> Iterator[sa.Engine]:
+    engine = sqlstore.create_engine(migrated_url, pool_size=1, max_overflow=0, pool_timeout=3)
+    yield engine
+    engine.dispose()
+
+
+def test_a_lock_timeout_bounds_the_wait_for_a_pooled_connection(
+    one_connection: sa.Engine, namespace: str
+) -> None:
+    store = SQLFileStore(one_connection, namespace)
+    store.write("x", "1")
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with store.lock("busy", timeout=5):
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold_the_only_connection)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        # Another path, so only the pool is in the way: the lock's 0.5 s bound it.
+        took = _elapsed(lambda: store.lock("free", timeout=0.5).__enter__(), TimeoutError)
+        assert took < 2.0
+        with pytest.raises(sqlstore.LockTimeoutError, match="no pooled connection"):
+            store.lock("free", timeout=0).__enter__()
+        # A plain call waits for the pool's own timeout, then a TimeoutError too.
+        with pytest.raises(sqlstore.DatabaseTimeoutError) as error:
+            store.read("x")
+        assert isinstance(error.value, TimeoutError)
+        assert isinstance(error.value, OSError)
+    finally:
+        leave.set()
+        holder.join()
+    assert store.read("x") == "1"
+    with store.lock("free", timeout=1):
+        store.write("y", "2")
+    assert store.read("y") == "2"
+
+
+# -- a server that accepts connections and never answers ----------------------------
+
+
+@SERVERS
+def test_a_silent_server_costs_a_call_its_connect_timeout(backend: str) -> None:
+    with silent_server() as server:
+        url = URLS[backend].format(port=server.port)
+        engine = sqlstore.create_engine(url, connect_timeout=2, read_timeout=2)
+        store = SQLFileStore(engine, "ns")
+        try:
+            took = _elapsed(lambda: store.read("events/e"), sqlstore.DatabaseTimeoutError)
+            assert took < 6  # one attempt: a timeout is not retried
+            took = _elapsed(lambda: store.list("events"), sqlstore.DatabaseTimeoutError)
+            assert took < 6
+            # A lock's timeout covers connecting (PostgreSQL's shortest is 2 s).
+            took = _elapsed(
+                lambda: store.lock("l", timeout=1.0).__enter__(), sqlstore.LockTimeoutError
+            )
+            assert took < 4
+            took = _elapsed(lambda: sqlstore.migrate(engine), sqlstore.DatabaseError)
+            assert took < 6
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def behind_a_proxy(backend: str, migrated_url: URL) -> Iterator[tuple[Proxy, sa.Engine]]:
+    assert migrated_url.host is not None and migrated_url.port is not None
+    with proxy_to(migrated_url.host, migrated_url.port) as proxy:
+        url = migrated_url.set(port=proxy.port)
+        engine = sqlstore.create_engine(url, connect_timeout=2, read_timeout=2)
+        yield proxy, engine
+        engine.dispose()
+
+
+@SERVERS
+def test_a_server_that_stops_answering_mid_use_costs_a_call_its_read_timeout(
+    behind_a_proxy: tuple[Proxy, sa.Engine], namespace: str
+) -> None:
+    proxy, engine = behind_a_proxy
+    store = SQLFileStore(engine, namespace)
+    store.write("events/e", "1")
+    assert store.read("events/e") == "1"  # the pool holds a live connection
+    proxy.silence()
+    took = _elapsed(lambda: store.read("events/e"), sqlstore.DatabaseTimeoutError)
+    assert 1.5 < took < 6
+    took = _elapsed(lambda: store.write("events/f", "2"), sqlstore.DatabaseTimeoutError)
+    assert took < 6
+    # A lock waits at most its timeout plus the read timeout for the server's answer.
+    took = _elapsed(lambda: store.lock("l", timeout=1.0).__enter__(), sqlstore.LockTimeoutError)
+    assert took < 6
+
+
+@SERVERS
+def test_a_lock_wait_longer_than_the_read_timeout_is_not_taken_for_silence(
+    behind_a_proxy: tuple[Proxy, sa.Engine], namespace: str
+) -> None:
+    _, engine = behind_a_proxy
+    store = SQLFileStore(engine, namespace)
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.lock("l", timeout=5):
+            inside.set()
+            leave.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        # The server answers a 3.5 s lock wait after 3.5 s, beyond the 2 s read timeout.
+        took = _elapsed(lambda: store.lock("l", timeout=3.5).__enter__(), sqlstore.LockTimeoutError)
+        assert 3.0 < took < 6
+    finally:
+        leave.set()
+        holder.join()
+    with store.lock("l", timeout=3):
+        store.write("done", "yes")
+    assert store.read("done") == "yes"
+
+
+@pytest.mark.parametrize("options", [{"connect_timeout": 0}, {"read_timeout": -1}])
+def test_timeouts_must_be_positive(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        sqlstore.create_engine("sqlite://", **options)
