@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
+from sqlstore.database import database_for
 from sqlstore.migrations import migration_connection
 from sqlstore.schema import TABLE_NAMES, VERSION_TABLE, metadata
 
@@ -81,6 +82,12 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         conn.commit()
+        # `alembic -x partitions=8 upgrade head`: the layout sqlstore.migrate(partitions=8) makes.
+        partitions = context.get_x_argument(as_dictionary=True).get("partitions")
+        if partitions is not None:
+            strategy = database_for(conn.engine).strategy
+            with conn.begin():
+                strategy.repartition(conn, int(partitions))
 
 
 if context.is_offline_mode():

@@ -53,6 +53,7 @@ __all__ = [
     "ls",
     "namespaces",
     "parse_age",
+    "partitions",
     "purge",
     "put",
     "require_schema",
@@ -74,9 +75,21 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Upgrade sqlstore's schema to ``revision`` (see :func:`sqlstore.migrate`)."""
-    migrations.migrate(engine, revision)
+def upgrade(engine: Engine, revision: str = "head", *, partitions: int | None = None) -> None:
+    """Upgrade sqlstore's schema to ``revision`` (see :func:`sqlstore.migrate`).
+
+    Args:
+        engine: The database.
+        revision: The target revision.
+        partitions: Also make the tables this many hash partitions by namespace (0
+            undoes it); ``None`` keeps the layout.
+    """
+    migrations.migrate(engine, revision, partitions=partitions)
+
+
+def partitions(engine: Engine) -> int:
+    """How many hash partitions by namespace sqlstore's tables have (0: none)."""
+    return migrations.partitions(engine)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -195,7 +195,8 @@ def cmd_db_upgrade(ctx: Context) -> int:
     """``db upgrade [REV]``."""
     engine = ctx.engine(create=True)
     before = admin.current_revision(engine)
-    admin.upgrade(engine, ctx.args.revision)
+    layout = None if ctx.args.partitions is None else admin.partitions(engine)
+    admin.upgrade(engine, ctx.args.revision, partitions=ctx.args.partitions)
     after = admin.current_revision(engine)
     head = admin.head_revision()
     where = safe_url(engine.url)
@@ -203,7 +204,14 @@ def cmd_db_upgrade(ctx: Context) -> int:
         ctx.print(f"{where} is already at {_revision(after, head)}")
     else:
         ctx.print(f"upgraded {where} from {_revision(before, head)} to {_revision(after, head)}")
+    if layout is not None and layout != ctx.args.partitions:
+        now, was = _partitions(ctx.args.partitions), _partitions(layout)
+        ctx.print(f"{where}: tables now in {now}, were in {was}")
     return 0
+
+
+def _partitions(count: int) -> str:
+    return "one partition (not partitioned)" if count == 0 else f"{count} hash partitions"
 
 
 def cmd_db_downgrade(ctx: Context) -> int:
@@ -481,6 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
     p = _command(db_commands, "upgrade", cmd_db_upgrade, "upgrade the schema (default: to head)")
     p.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
+    p.add_argument(
+        "--partitions",
+        type=int,
+        metavar="N",
+        help="also make the tables N hash partitions by namespace (PostgreSQL, MySQL/MariaDB; "
+        "0 undoes it); copies every row once, with the tables locked",
+    )
     _url_option(p, top=False)
     p = _command(
         db_commands,

@@ -57,7 +57,9 @@ def alembic_config(url: str | URL | None = None) -> Config:
     return config
 
 
-def migrate(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
+def migrate(
+    url_or_engine: str | URL | Engine, revision: str = "head", *, partitions: int | None = None
+) -> None:
     """Upgrade the sqlstore schema of a database to ``revision`` (default: the newest).
 
     Safe to call on every start-up: a database already at ``revision`` is left as it
@@ -67,10 +69,18 @@ def migrate(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
     Args:
         url_or_engine: A database URL or an engine.
         revision: The Alembic revision to upgrade to.
+        partitions: Also make sqlstore's tables this many hash partitions by namespace
+            (PostgreSQL, MySQL/MariaDB; 0 undoes it). A change of layout copies every
+            row once, with the tables locked; ``None`` (the default) keeps the layout.
+
+    Raises:
+        ValueError: ``partitions`` is invalid, or the database cannot partition tables.
+        SchemaError: ``revision`` is unknown.
+        DatabaseError: the database failed.
     """
     from alembic import command
 
-    _run(url_or_engine, lambda config: command.upgrade(config, revision))
+    _run(url_or_engine, lambda config: command.upgrade(config, revision), partitions)
 
 
 def downgrade(url_or_engine: str | URL | Engine, revision: str) -> None:
@@ -91,11 +101,17 @@ def stamp(url_or_engine: str | URL | Engine, revision: str) -> None:
     _run(url_or_engine, lambda config: command.stamp(config, revision))
 
 
-def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) -> None:
+def _run(
+    url_or_engine: str | URL | Engine,
+    action: Callable[[Config], None],
+    partitions: int | None = None,
+) -> None:
     from alembic.util.exc import CommandError
 
     with migration_connection(url_or_engine) as conn:
         db = database_for(conn.engine)
+        if partitions is not None:
+            db.strategy.check_layout(partitions)  # before anything changes
         with db.converting():
             config = alembic_config()
             config.attributes["connection"] = conn
@@ -104,8 +120,19 @@ def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) ->
             except CommandError as exc:  # e.g. an unknown revision
                 raise SchemaError(f"{db.safe_url}: {exc}") from exc
             conn.commit()
+            if partitions is not None:
+                with conn.begin():
+                    db.strategy.repartition(conn, partitions)
         # Stores on this engine check the schema again on their next call.
         db.forget_schema()
+
+
+def partitions(url_or_engine: str | URL | Engine) -> int:
+    """How many hash partitions by namespace sqlstore's tables have (0: none)."""
+    with migration_connection(url_or_engine) as conn:
+        db = database_for(conn.engine)
+        with db.converting():
+            return db.strategy.partitions(conn)
 
 
 @contextmanager

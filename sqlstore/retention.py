@@ -131,7 +131,11 @@ def _purge_namespace(db: Database, namespace: str, cutoff: datetime) -> bool:
     lock_all = Statement.of(select(files.c.updated_at).where(mine).with_for_update(), dialect)
     delete_old = Statement.of(delete(files).where(*old), dialect)
     delete_old_chunks = Statement.of(
-        delete(chunks).where(chunks.c.file_id.in_(select(files.c.file_id).where(*old))), dialect
+        delete(chunks).where(
+            chunks.c.namespace == namespace,
+            chunks.c.file_id.in_(select(files.c.file_id).where(*old)),
+        ),
+        dialect,
     )
     newest_allowed = strategy.from_db_time(at)
 

@@ -4,6 +4,11 @@
 exists while a file lies below it. See :mod:`sqlstore.paths` for how ``file_id`` and
 ``parent`` are derived from a path.
 
+The namespace (one conversation) leads every key: the primary keys of both tables and
+the listing index. A database can therefore be hash-partitioned, or distributed (Citus),
+by namespace, and every statement sqlstore runs against a namespace names it, so each
+one touches a single partition or shard.
+
 ``sqlstore_chunks`` holds the tail of contents too large for one statement on
 dialects that need it (MySQL/MariaDB, whose ``max_allowed_packet`` bounds a whole
 statement). It stays empty on PostgreSQL and SQLite.
@@ -21,6 +26,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     func,
@@ -32,7 +38,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from .dialects.mysql import MySQLStrategy
 
 #: The Alembic revision this code reads and writes. A test keeps it equal to the head.
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 #: sqlstore's own Alembic version table, so it can share a database with an app's Alembic.
 VERSION_TABLE = "sqlstore_alembic_version"
 
@@ -110,7 +116,7 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 files = Table(
     "sqlstore_files",
     metadata,
-    Column("file_id", FileId, primary_key=True),
+    Column("file_id", FileId, nullable=False),
     Column("namespace", BytewiseString(255), nullable=False),
     Column("parent", DirKey, nullable=False),
     Column("name", BytewiseString(1024), nullable=False),
@@ -120,6 +126,7 @@ files = Table(
     Column("chunk_count", Integer, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("namespace", "file_id"),
     # Direct children of a directory, and whole subtrees, are range scans on this
     # index that never touch content. InnoDB caps a key at 3072 bytes, hence prefixes.
     Index(
@@ -136,9 +143,11 @@ files = Table(
 chunks = Table(
     "sqlstore_chunks",
     metadata,
-    Column("file_id", FileId, primary_key=True),
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("file_id", FileId, nullable=False),
+    Column("seq", Integer, nullable=False, autoincrement=False),
     Column("data", Content, nullable=False),
+    Column("namespace", BytewiseString(255), nullable=False),
+    PrimaryKeyConstraint("namespace", "file_id", "seq"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
 )

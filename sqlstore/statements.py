@@ -151,14 +151,21 @@ class Statements:
         compile_ = self._compile
 
         # -- reads ---------------------------------------------------------------
-        by_id = _f.file_id == bindparam("fid")
+        # Every statement names the namespace, the leading key column: each one
+        # touches one partition (or shard) of a database partitioned by namespace.
+        by_id = and_(_ns, _f.file_id == bindparam("fid"))
         if strategy.chunk_size is None:
             self.read = compile_(select(_f.content).where(by_id))
         else:
             # The row and the chunks it counts, in one statement: one snapshot, so a
             # concurrent overwrite can never tear the content, in or out of a lock block.
             counted = select(_c.seq, _c.data).join(
-                files, and_(_c.file_id == _f.file_id, _c.seq <= _f.chunk_count)
+                files,
+                and_(
+                    _c.namespace == _f.namespace,
+                    _c.file_id == _f.file_id,
+                    _c.seq <= _f.chunk_count,
+                ),
             )
             head = select(literal_column("0").label("seq"), _f.content.label("data"))
             both = union_all(head.where(by_id), counted.where(by_id)).subquery()
@@ -200,19 +207,27 @@ class Statements:
         self.next_subdir_root = compile_(_first_in(_from_low))
 
         # -- chunks (dialects with a chunk_size) -----------------------------------
-        self.insert_chunk = compile_(insert(chunks))
-        self.delete_chunks = compile_(delete(chunks).where(_c.file_id == bindparam("fid")))
+        chunk_ns = _c.namespace == bindparam("ns")
+        self.insert_chunk = compile_(
+            insert(chunks).values(
+                namespace=bindparam("ns"),
+                file_id=bindparam("fid"),
+                seq=bindparam("seq"),
+                data=bindparam("data"),
+            )
+        )
+        self.delete_chunks = compile_(
+            delete(chunks).where(chunk_ns, _c.file_id == bindparam("fid"))
+        )
 
         # -- delete --------------------------------------------------------------
-        subtree = or_(by_id, _in_range)
+        subtree = or_(_f.file_id == bindparam("fid"), _in_range)
         self.delete_path = compile_(delete(files).where(_ns, subtree))
         self.delete_namespace = compile_(delete(files).where(_ns))
         self.delete_path_chunks = compile_(
-            delete(chunks).where(_c.file_id.in_(select(_f.file_id).where(_ns, subtree)))
+            delete(chunks).where(chunk_ns, _c.file_id.in_(select(_f.file_id).where(_ns, subtree)))
         )
-        self.delete_namespace_chunks = compile_(
-            delete(chunks).where(_c.file_id.in_(select(_f.file_id).where(_ns)))
-        )
+        self.delete_namespace_chunks = compile_(delete(chunks).where(chunk_ns))
 
     def _compile(self, statement: ClauseElement) -> Statement:
         return Statement(statement, self._dialect)
@@ -240,7 +255,7 @@ class Statements:
         ).where(~exists().where(_ns, _in_range))
         if depth:
             ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
-            source = source.where(~exists().where(_f.file_id.in_(ancestors)))
+            source = source.where(~exists().where(_ns, _f.file_id.in_(ancestors)))
         upsert = self._strategy.upsert(
             files,
             _WRITTEN,

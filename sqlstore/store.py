@@ -179,13 +179,15 @@ class SQLFileStore:
                 return conn.rowcount(write, params)
             with conn.transaction():
                 written = conn.rowcount(write, params)
-                conn.rowcount(sql.delete_chunks, {"fid": fid})
+                conn.rowcount(sql.delete_chunks, {"ns": ns, "fid": fid})
                 for seq, piece in enumerate(pieces[1:] if written else [], start=1):
-                    conn.rowcount(sql.insert_chunk, {"file_id": fid, "seq": seq, "data": piece})
+                    conn.rowcount(
+                        sql.insert_chunk, {"ns": ns, "fid": fid, "seq": seq, "data": piece}
+                    )
                 return written
 
         def blocking_file(conn: PooledConnection) -> bool:
-            return any(conn.first(sql.is_file, {"fid": a}) for a in ancestor_ids)
+            return any(conn.first(sql.is_file, {"ns": ns, "fid": a}) for a in ancestor_ids)
 
         for _ in range(3):
             written = self._db.run(run)
@@ -228,7 +230,7 @@ class SQLFileStore:
             ahead = self._read_ahead(path_n)
             if ahead is not None:
                 return ahead
-        params = {"fid": paths.file_id(self._namespace, path_n)}
+        params = {"ns": self._namespace, "fid": paths.file_id(self._namespace, path_n)}
         read = self._sql.read
         # Where large contents are chunked, one statement returns the row's content
         # and then its chunks, in order: one snapshot, never a torn file.

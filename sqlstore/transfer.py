@@ -202,7 +202,7 @@ def import_directory(
                         stamps.append(FileRow(fid, path, len(data), mtime, mtime))
                 writer.flush()
                 # The file's own modification time, so purge sees its real age.
-                _set_times(engine, stamps)
+                _set_times(engine, ns, stamps)
                 progress.advance(len(batch))
     finally:
         progress.finish()
@@ -303,7 +303,7 @@ def _same_times(a: FileRow, b: FileRow) -> bool:
     )
 
 
-def _set_times(engine: Engine, rows: Sequence[FileRow]) -> None:
+def _set_times(engine: Engine, namespace: str, rows: Sequence[FileRow]) -> None:
     """Give ``rows``' files at the destination their source timestamps, in one transaction."""
     if not rows:
         return
@@ -311,7 +311,7 @@ def _set_times(engine: Engine, rows: Sequence[FileRow]) -> None:
     stamp_type = files.c.updated_at.type
     statement = Statement.of(
         update(files)
-        .where(files.c.file_id == bindparam("fid_"))
+        .where(files.c.namespace == namespace, files.c.file_id == bindparam("fid_"))
         .values(
             created_at=bindparam("created_", type_=stamp_type),
             updated_at=bindparam("updated_", type_=stamp_type),
@@ -394,7 +394,7 @@ def copy(
                         writer.add(row.path, data)
                         stamps.append(row)
                 writer.flush()
-                _set_times(destination, stamps)
+                _set_times(destination, ns, stamps)
                 progress.advance(len(batch))
     finally:
         progress.finish()

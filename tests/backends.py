@@ -32,14 +32,27 @@ DEFAULTS = {
         "postgresql+psycopg://postgres@127.0.0.1:6432/test?prepare_threshold=none",
     ),
 }
-BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer")
-#: The suites that also run through PgBouncer (the others would only repeat PostgreSQL).
-PGBOUNCER_SUITES = frozenset({"test_contract", "test_locks", "test_model"})
+BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer", "pgpartitioned", "mysqlpartitioned")
+#: Backends that are another way to run a database of the list above, and the suites
+#: that run on them too (the others would only repeat their database's).
+VARIANT_SUITES = {
+    "pgbouncer": frozenset({"test_contract", "test_locks", "test_model"}),
+    "pgpartitioned": frozenset({"test_contract", "test_locks", "test_model", "test_routing"}),
+    "mysqlpartitioned": frozenset({"test_contract", "test_routing"}),
+}
+#: Hash partitions by namespace in the partitioned layouts.
+PARTITIONS = 8
+_DIALECTS = {"pgbouncer": "postgresql", "pgpartitioned": "postgresql", "mysqlpartitioned": "mysql"}
 
 
 def dialect(backend: str) -> str:
-    """The database behind a backend: PgBouncer fronts PostgreSQL."""
-    return "postgresql" if backend == "pgbouncer" else backend
+    """The database behind a backend: PgBouncer fronts PostgreSQL, and so on."""
+    return _DIALECTS.get(backend, backend)
+
+
+def partitions(backend: str) -> int | None:
+    """The partitions a backend's tables have, or ``None`` for the default layout."""
+    return PARTITIONS if backend.endswith("partitioned") else None
 
 
 def required() -> set[str]:
@@ -125,6 +138,9 @@ def find_server(backend: str) -> tuple[Server | None, str]:
     """The server for ``backend``, or ``None`` and the reason there is none."""
     if backend == "pgbouncer":
         return _find_pgbouncer()
+    if backend in _DIALECTS:  # the same server, another layout
+        server, reason = find_server(_DIALECTS[backend])
+        return (None, reason) if server is None else (Server(backend, server.admin_url), "")
     variable, default = DEFAULTS[backend]
     url = make_url(os.environ.get(variable, default))
     reason = _answers(url)

@@ -26,11 +26,12 @@ from sqlalchemy.engine import URL, make_url
 import sqlstore
 from tests.backends import (
     BACKENDS,
-    PGBOUNCER_SUITES,
+    VARIANT_SUITES,
     Server,
     database,
     dialect,
     find_server,
+    partitions,
     required,
 )
 
@@ -49,13 +50,13 @@ def _server(backend: str) -> Server:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run only the contract, lock and model suites through PgBouncer."""
+    """Run only their suites on PgBouncer and the partitioned layouts."""
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
         backend = params.params.get("backend") if params else None
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
-        if backend == "pgbouncer" and module not in PGBOUNCER_SUITES:
+        if backend in VARIANT_SUITES and module not in VARIANT_SUITES[backend]:
             drop.append(item)
         else:
             keep.append(item)
@@ -90,7 +91,7 @@ def migrated_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield url
         return
     with database(_server(backend)) as url:
-        sqlstore.migrate(url)
+        sqlstore.migrate(url, partitions=partitions(backend))
         yield url
 
 

@@ -233,8 +233,8 @@ def test_reading_a_directory_is_is_a_directory_error(store: SQLFileStore) -> Non
 
 
 @pytest.mark.slow
-def test_large_content_round_trips(store: SQLFileStore, backend: str) -> None:
-    size = (16 if backend == "mysql" else 64) << 20
+def test_large_content_round_trips(store: SQLFileStore, db_dialect: str) -> None:
+    size = (16 if db_dialect == "mysql" else 64) << 20
     data = bytes(range(251)) * (size // 251) + b"end"
     store.write("big.bin", data)
     assert store.read_bytes("big.bin") == data

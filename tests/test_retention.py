@@ -14,18 +14,18 @@ from sqlstore import SQLFileStore, admin
 pytestmark = pytest.mark.timeout(60)
 
 
-def _age(engine: sa.Engine, namespace: str, days: int) -> None:
+def age_namespace(engine: sa.Engine, namespace: str, days: int) -> None:
     """Make every file of ``namespace`` look ``days`` old."""
     with engine.begin() as conn:
         conn.execute(
             sa.text(
                 "UPDATE sqlstore_files SET created_at = :t, updated_at = :t WHERE namespace = :ns"
             ).bindparams(sa.bindparam("t", type_=sa.DateTime())),
-            {"t": _days_ago(conn, days), "ns": namespace},
+            {"t": days_ago(conn, days), "ns": namespace},
         )
 
 
-def _days_ago(conn: sa.Connection, days: int) -> object:
+def days_ago(conn: sa.Connection, days: int) -> object:
     now = conn.execute(sa.select(sa.func.current_timestamp())).scalar_one()
     if isinstance(now, str):  # SQLite's CURRENT_TIMESTAMP is text
         from datetime import datetime
@@ -40,7 +40,7 @@ def test_a_write_that_lands_during_a_purge_is_never_deleted(
     store = SQLFileStore(engine, namespace)
     store.write("events/old", "1")
     store.write("old", "2")
-    _age(engine, namespace, 40)
+    age_namespace(engine, namespace, 40)
     touched, go = threading.Event(), threading.Event()
 
     def write_during_the_purge() -> None:
@@ -80,8 +80,8 @@ def test_purge_removes_stale_namespaces_whole_and_keeps_fresh_ones(
     for store in (stale, fresh):
         store.write("events/a", "1")
         store.write("base_state.json", "{}")
-    _age(engine, stale.namespace, 40)
-    _age(engine, fresh.namespace, 40)
+    age_namespace(engine, stale.namespace, 40)
+    age_namespace(engine, fresh.namespace, 40)
     fresh.write("base_state.json", "{1}")  # one recent write keeps it all
     report = admin.purge(engine, timedelta(days=30), prefix=namespace)
     assert [info.namespace for info in report.removed] == [stale.namespace]

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from sqlalchemy import ColumnElement, Engine, Insert, Select, Table, func
+from sqlalchemy import ColumnElement, Connection, Engine, Insert, Select, Table, func
 from sqlalchemy.engine import URL
 
 from ..pooling import Timeouts
@@ -47,6 +47,8 @@ class DialectStrategy(ABC):
     max_content_size: ClassVar[int]
     #: The dialect's ``insert()`` construct (with its upsert clauses).
     insert: ClassVar[Any]
+    #: Whether sqlstore's tables can be hash-partitioned by namespace.
+    partitionable: ClassVar[bool] = False
 
     timeouts: Timeouts = Timeouts()
 
@@ -190,6 +192,28 @@ class DialectStrategy(ABC):
         """Commit or roll back the open transaction, then release session-level locks."""
         conn.sql("COMMIT" if commit else "ROLLBACK")
 
+    # -- layout --------------------------------------------------------------------
+
+    def partitions(self, conn: Connection) -> int:
+        """How many hash partitions by namespace sqlstore's tables have (0: none)."""
+        return 0
+
+    def check_layout(self, count: int) -> None:
+        """Raise unless this database can have ``count`` hash partitions (0: none)."""
+        if check_partitions(count) and not self.partitionable:
+            raise ValueError(f"sqlstore cannot partition tables on {self.names[0]}")
+
+    def repartition(self, conn: Connection, count: int) -> None:
+        """Rebuild sqlstore's tables as ``count`` hash partitions by namespace (0: none).
+
+        Runs in ``conn``'s transaction, copying every row; the tables are locked until
+        it commits.
+
+        Raises:
+            ValueError: the database cannot partition tables, or ``count`` is invalid.
+        """
+        self.check_layout(count)
+
     # -- errors --------------------------------------------------------------------
 
     @abstractmethod
@@ -203,6 +227,19 @@ class DialectStrategy(ABC):
     def is_timeout(self, exc: BaseException) -> bool:
         """Whether a driver error means the server did not answer within a timeout."""
         return False
+
+
+#: sqlstore's tables, in the order a layout change rebuilds them.
+TABLES = ("sqlstore_files", "sqlstore_chunks")
+#: The most hash partitions a layout may have.
+MAX_PARTITIONS = 1024
+
+
+def check_partitions(count: int) -> int:
+    """``count`` if it is a valid number of partitions (0 meaning none), else raise."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_PARTITIONS:
+        raise ValueError(f"partitions must be a whole number from 0 to {MAX_PARTITIONS}")
+    return count
 
 
 #: The longest wait any dialect accepts (PostgreSQL's lock_timeout is an int of ms).

@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, func
+from sqlalchemy import ColumnElement, Connection, Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
 
 from ..errors import DatabaseError, LockTimeoutError
-from .base import DialectStrategy, timeout_seconds
+from .base import TABLES, DialectStrategy, check_partitions, timeout_seconds
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -40,6 +40,7 @@ class MySQLStrategy(DialectStrategy):
     chunk_size = 1 << 20
     max_content_size = 1 << 30
     insert = staticmethod(insert)
+    partitionable = True
 
     def connect_params(self, cparams: dict[str, Any], connect: float, read: float) -> None:
         cparams["connect_timeout"] = min(
@@ -143,6 +144,26 @@ class MySQLStrategy(DialectStrategy):
         finally:
             if keys:
                 conn.sql("SELECT RELEASE_ALL_LOCKS()")
+
+    def partitions(self, conn: Connection) -> int:
+        found = conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM information_schema.partitions WHERE table_schema = DATABASE()"
+            " AND table_name = 'sqlstore_files' AND partition_name IS NOT NULL"
+        ).scalar_one()
+        return int(found)
+
+    def repartition(self, conn: Connection, count: int) -> None:
+        # KEY partitioning hashes the namespace with the server's own function; every
+        # unique key includes the namespace, and sqlstore has no foreign keys (which
+        # partitioned InnoDB tables refuse).
+        if check_partitions(count) == self.partitions(conn):
+            return
+        layout = f"PARTITION BY KEY (namespace) PARTITIONS {count}" if count else None
+        for table in TABLES:
+            if layout is None:
+                conn.exec_driver_sql(f"ALTER TABLE {table} REMOVE PARTITIONING")
+            else:
+                conn.exec_driver_sql(f"ALTER TABLE {table} {layout}")
 
     def is_transient(self, exc: BaseException) -> bool:
         return _error_number(exc) in _TRANSIENT and not self.is_timeout(exc)

@@ -8,11 +8,12 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
-from .base import DialectStrategy, timeout_ms, timeout_seconds
+from .base import TABLES, DialectStrategy, check_partitions, timeout_ms, timeout_seconds
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -77,6 +78,7 @@ class PostgreSQLStrategy(DialectStrategy):
     names = ("postgresql",)
     max_content_size = (1 << 30) - 1  # bytea's limit
     insert = staticmethod(insert)
+    partitionable = True
 
     def engine_options(self, url: URL, given: Mapping[str, Any]) -> tuple[URL, dict[str, Any]]:
         """Take ``?prepare_threshold=`` out of the URL into psycopg's connect arguments.
@@ -168,6 +170,62 @@ class PostgreSQLStrategy(DialectStrategy):
     def _try(conn: PooledConnection, key: bytes) -> None:
         if not conn.sql(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"):
             raise LockTimeoutError("lock is held by another session (timeout=0)")
+
+    def partitions(self, conn: Connection) -> int:
+        found = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass('sqlstore_files')"
+        ).scalar_one()
+        return int(found)
+
+    def repartition(self, conn: Connection, count: int) -> None:
+        # A table cannot become partitioned in place: each is renamed aside, recreated
+        # with the same columns (collations, defaults, compression), keys and indexes,
+        # refilled and dropped. PARTITION OF copies the parent's column settings.
+        if check_partitions(count) == self.partitions(conn):
+            return
+        version = conn.dialect.server_version_info or (0,)
+        compression = " INCLUDING COMPRESSION" if version >= (14,) else ""
+        partitioned = " PARTITION BY HASH (namespace)" if count else ""
+        for table in TABLES:
+            old = f"_old_{table}"
+            primary_key = conn.exec_driver_sql(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                f" WHERE conrelid = to_regclass('{table}') AND contype = 'p'"
+            ).one()
+            indexes = conn.exec_driver_sql(
+                "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid"
+                f" WHERE i.indrelid = to_regclass('{table}') AND NOT i.indisprimary"
+            ).all()
+            parts = conn.exec_driver_sql(
+                "SELECT inhrelid::regclass::text FROM pg_inherits"
+                f" WHERE inhparent = to_regclass('{table}')"
+            ).scalars()
+            conn.exec_driver_sql(f"ALTER TABLE {table} RENAME TO {old}")
+            conn.exec_driver_sql(
+                f"ALTER TABLE {old} RENAME CONSTRAINT {primary_key[0]} TO _old_{primary_key[0]}"
+            )
+            for name, _ in indexes:
+                conn.exec_driver_sql(f"ALTER INDEX {name} RENAME TO _old_{name}")
+            for part in list(parts):
+                conn.exec_driver_sql(f"ALTER TABLE {part} RENAME TO _old_{part}")
+            conn.exec_driver_sql(
+                f"CREATE TABLE {table} (LIKE {old} INCLUDING DEFAULTS INCLUDING STORAGE"
+                f"{compression}){partitioned}"
+            )
+            conn.exec_driver_sql(
+                f"ALTER TABLE {table} ADD CONSTRAINT {primary_key[0]} {primary_key[1]}"
+            )
+            for _, definition in indexes:
+                # The definition names the table as it was; ON ONLY is a partitioned parent's.
+                conn.exec_driver_sql(definition.replace(" ON ONLY ", " ON "))
+            for i in range(count):
+                conn.exec_driver_sql(
+                    f"CREATE TABLE {table}_p{i} PARTITION OF {table}"
+                    f" FOR VALUES WITH (MODULUS {count}, REMAINDER {i})"
+                )
+            conn.exec_driver_sql(f"INSERT INTO {table} SELECT * FROM {old}")
+            conn.exec_driver_sql(f"DROP TABLE {old}")
 
     def is_transient(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlstate", None)

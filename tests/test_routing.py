@@ -1,0 +1,162 @@
+"""Every statement run against a namespace reaches one partition (or shard) only.
+
+On a database hash-partitioned by namespace, a workload of every store call and every
+administration function runs while each statement is recorded; each recorded statement
+that names a namespace is then EXPLAINed with the values it ran with, and its plan must
+touch at most one partition of each sqlstore table. That is what routes a statement to
+a single shard in a distributed database too (Citus routes on the distribution column).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from sqlstore import SQLFileStore, admin
+from sqlstore.connection import PooledConnection
+from tests.test_retention import age_namespace
+
+pytestmark = [
+    pytest.mark.timeout(300),
+    pytest.mark.parametrize("backend", ["pgpartitioned", "mysqlpartitioned"], indirect=True),
+]
+
+Recorded = tuple[str, Any]
+_TABLE = re.compile(r"\bsqlstore_(files|chunks)\b")
+
+
+@pytest.fixture
+def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorded]]:
+    """Every statement sqlstore runs on a pooled connection meanwhile, with its values."""
+    seen: list[Recorded] = []
+    execute, many = PooledConnection.execute, PooledConnection.execute_many
+
+    def recording_execute(self: PooledConnection, statement: Any, params: Any = None) -> Any:
+        seen.append((statement.sql, statement.args(params)))
+        return execute(self, statement, params)
+
+    def recording_many(self: PooledConnection, statement: Any, rows: Sequence[Any]) -> None:
+        seen.extend((statement.sql, statement.args(row)) for row in rows)
+        many(self, statement, rows)
+
+    monkeypatch.setattr(PooledConnection, "execute", recording_execute)
+    monkeypatch.setattr(PooledConnection, "execute_many", recording_many)
+    yield seen
+
+
+def _workload(engine: sa.Engine, namespace: str, tmp_path: Path) -> None:
+    """Every store call and administration function that works on one namespace."""
+    store = SQLFileStore(engine, namespace)
+    store.write("base_state.json", "{}")
+    store.write("events/event-00000-a.json", "e0")
+    store.write("events/sub/deep.json", b"\x00\xff")
+    store.write("big.bin", bytes(3 << 20))  # chunked on MariaDB
+    with store.lock("events/.eventlog.lock", timeout=5):
+        assert not store.exists("events/.eventlog-len-1.marker")
+        store.write("events/.eventlog-len-1.marker", "")
+        with store.lock("nested", timeout=5):
+            store.write("events/event-00001-b.json", "e1")
+    for path in ("", "events", "events/sub", "base_state.json", "missing"):
+        store.list(path)
+        store.exists(path)
+    for name in store.list("events"):
+        if not name.endswith("/"):
+            store.read(name)  # read-ahead after a listing
+    store.read_bytes("big.bin")
+    with pytest.raises(IsADirectoryError):
+        store.write("events", "x")
+    with pytest.raises(FileExistsError):
+        store.write("base_state.json/x", "x")
+    with pytest.raises(FileNotFoundError):
+        store.read("events/none")
+    store.delete("events/sub")
+    admin.ls(engine, namespace, "events")
+    admin.du(engine, namespace)
+    admin.cat(engine, namespace, "base_state.json")
+    admin.put(engine, namespace, "notes/todo", b"todo")
+    admin.rm(engine, namespace, "notes", recursive=True)
+    admin.export_namespace(engine, namespace, tmp_path / "out")
+    admin.import_directory(engine, tmp_path / "out", namespace=namespace)
+    admin.copy(engine, engine, [namespace])
+    store.delete("big.bin")
+    store.delete("events")
+    age_namespace(engine, namespace, 40)
+    # The scan for stale namespaces spans namespaces by design (a prefix); then each
+    # one found is checked and deleted on its own.
+    report = admin.purge(engine, timedelta(days=30), prefix="route-")
+    assert [info.namespace for info in report.removed] == [namespace]
+
+
+def _touched_partitions_pg(conn: Any, sql: str, params: Any) -> dict[str, set[str]]:
+    with conn.cursor() as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
+        (plan,) = cursor.fetchone()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    touched: dict[str, set[str]] = {}
+
+    def walk(node: Mapping[str, Any]) -> None:
+        # Scans name partitions; the parent's name appears on the node that modifies it.
+        relation = node.get("Relation Name", "")
+        match = re.fullmatch(r"sqlstore_(files|chunks)_p\d+", relation)
+        if match:
+            touched.setdefault(match.group(1), set()).add(relation)
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return touched
+
+
+def _touched_partitions_mysql(conn: Any, sql: str, params: Any) -> dict[str, set[str]]:
+    with conn.cursor() as cursor:
+        cursor.execute("EXPLAIN PARTITIONS " + sql, params)
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    # Only partitioned tables (sqlstore's) have partitions; each reference is a row,
+    # named by its alias.
+    return {
+        f"{row['id']}:{row['table']}": set(row["partitions"].split(","))
+        for row in rows
+        if row.get("partitions")
+    }
+
+
+def test_every_statement_against_a_namespace_reaches_one_partition(
+    engine: sa.Engine, migrated_url: URL, db_dialect: str, tmp_path: Path, recorded: list[Recorded]
+) -> None:
+    namespace = f"route-{uuid.uuid4().hex}"
+    _workload(engine, namespace, tmp_path)
+    ours = [
+        (sql, params)
+        for sql, params in recorded
+        # (MySQL's VARBINARY namespace travels as UTF-8 bytes)
+        if _TABLE.search(sql) and {namespace, namespace.encode()} & set(_values(params))
+    ]
+    distinct = {sql: params for sql, params in ours}
+    assert len(distinct) >= 18, f"the workload ran only {len(distinct)} distinct statements"
+    raw = sa.create_engine(migrated_url, poolclass=sa.pool.NullPool).raw_connection()
+    explain = _touched_partitions_pg if db_dialect == "postgresql" else _touched_partitions_mysql
+    wide, pruned = {}, 0
+    try:
+        for sql, params in distinct.items():
+            touched = explain(raw.driver_connection, sql, params)
+            if any(len(parts) > 1 for parts in touched.values()):
+                wide[sql] = touched
+            pruned += bool(touched)
+    finally:
+        raw.close()
+    assert wide == {}
+    assert pruned >= len(distinct) // 2  # the tables really are partitioned
+
+
+def _values(params: Any) -> list[Any]:
+    return list(params.values()) if isinstance(params, Mapping) else list(params)
