@@ -1,8 +1,15 @@
 """Backend fixtures: every store test runs on SQLite, PostgreSQL and MySQL/MariaDB.
 
-``backend`` is parametrized over the three; ``engine`` is a session-wide engine on a
-migrated database of that backend; ``store`` is a store in a namespace of its own, so
-tests never see each other's files. ``empty_url`` is a fresh database with no schema.
+``backend`` is parametrized over the three (and PgBouncer for the contract, lock and
+model suites); ``engine`` is a session-wide engine on a migrated database of that
+backend; ``store`` is a store in a namespace of its own, so tests never see each other's
+files. ``empty_url`` is a fresh database with no schema.
+
+Each test carries the marker of its backend (``sqlite``, ``postgresql``, ``mysql``,
+``pgbouncer``; ``nodb`` when it has none), so ``pytest -m sqlite`` runs the SQLite tests.
+A backend whose server is missing is not run, reported in one line at the end, unless
+``SQLSTORE_TEST_REQUIRE`` names it: then its tests fail. Tests marked ``disruptive``
+(they restart a server that others may share) run only with ``SQLSTORE_TEST_DISRUPTIVE=1``.
 """
 
 from __future__ import annotations
@@ -48,20 +55,107 @@ def _server(backend: str) -> Server:
     return server
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run only the contract, lock and model suites through PgBouncer."""
+DISRUPTIVE_VARIABLE = "SQLSTORE_TEST_DISRUPTIVE"
+#: What the terminal summary reports as not run: one line per reason.
+_NOT_RUN = pytest.StashKey[list[str]]()
+
+
+def _disruptive_allowed() -> bool:
+    return os.environ.get(DISRUPTIVE_VARIABLE, "").strip().lower() in {"1", "true", "yes"}
+
+
+def _item_backends(item: pytest.Item) -> set[str]:
+    """The backends ``item`` runs on, from its markers."""
+    return {name for name in BACKENDS if item.get_closest_marker(name) is not None}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> Iterator[None]:
+    """Mark tests by backend, then drop what this machine cannot or should not run.
+
+    Before ``-m`` selects: every test parametrized by ``backend`` gets that backend's
+    marker, a test with no backend gets ``nodb``, and only the contract, lock and model
+    suites stay for PgBouncer. After it: tests on a backend whose server is missing are
+    deselected (one summary line per backend) unless ``SQLSTORE_TEST_REQUIRE`` names
+    it, and disruptive tests unless ``SQLSTORE_TEST_DISRUPTIVE=1``.
+    """
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
         backend = params.params.get("backend") if params else None
+        if backend is not None:
+            item.add_marker(backend)
+        elif not _item_backends(item):
+            item.add_marker("nodb")
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if backend == "pgbouncer" and module not in PGBOUNCER_SUITES:
             drop.append(item)
         else:
             keep.append(item)
+    _deselect(config, items, keep, drop)
+    yield
+    if config.option.collectonly:
+        return  # listing tests starts no container
+    _drop_unavailable(config, items)
+
+
+def _deselect(
+    config: pytest.Config,
+    items: list[pytest.Item],
+    keep: list[pytest.Item],
+    drop: list[pytest.Item],
+) -> None:
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _drop_unavailable(config: pytest.Config, items: list[pytest.Item]) -> None:
+    not_run = config.stash.setdefault(_NOT_RUN, [])
+    keep, drop = list(items), []
+    if not _disruptive_allowed():
+        disruptive = [item for item in keep if item.get_closest_marker("disruptive")]
+        if disruptive:
+            not_run.append(
+                f"disruptive: {_count(disruptive)} not run (they touch a server beyond their "
+                f"own databases: a PostgreSQL restart); set {DISRUPTIVE_VARIABLE}=1 to run them"
+            )
+            keep = [item for item in keep if item.get_closest_marker("disruptive") is None]
+            drop += disruptive
+    needed = {name for item in keep for name in _item_backends(item)} - {"sqlite"}
+    for backend in sorted(needed):
+        if backend not in _servers:
+            _servers[backend] = find_server(backend)
+        server, reason = _servers[backend]
+        if server is not None:
+            continue
+        on_it = [item for item in keep if backend in _item_backends(item)]
+        if backend in required():
+            not_run.append(
+                f"{backend}: {_count(on_it)} fail, as SQLSTORE_TEST_REQUIRE names it: {reason}"
+            )
+            continue  # they fail in the fixture: never a silent deselect
+        not_run.append(f"{backend}: {_count(on_it)} not run: {reason}")
+        gone = set(on_it)
+        keep = [item for item in keep if item not in gone]
+        drop += on_it
+    _deselect(config, items, keep, drop)
+
+
+def _count(items: list[pytest.Item]) -> str:
+    return f"{len(items)} test" if len(items) == 1 else f"{len(items)} tests"
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    not_run = config.stash.get(_NOT_RUN, [])
+    if not_run:
+        terminalreporter.section("sqlstore: backends and disruptive tests", sep="-")
+        for line in not_run:
+            terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

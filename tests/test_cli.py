@@ -523,6 +523,8 @@ def _fill(engine: sa.Engine, prefix: str) -> list[str]:
     return [many, odd, old]
 
 
+@pytest.mark.postgresql
+@pytest.mark.mysql
 def test_copy_sqlite_postgresql_mariadb_byte_identical(
     fresh: Callable[[str], URL], run: CLI, tmp_path: Path
 ) -> None:
