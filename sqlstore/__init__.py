@@ -15,6 +15,7 @@ from . import _sdk
 from .engine import create_engine
 from .errors import (
     DatabaseError,
+    DriverNotInstalledError,
     FileTooLargeError,
     LockTimeoutError,
     SchemaError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DatabaseError",
+    "DriverNotInstalledError",
     "FileTooLargeError",
     "LockTimeoutError",
     "SQLFileStore",

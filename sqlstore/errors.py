@@ -33,4 +33,12 @@ class FileTooLargeError(SQLStoreError, OSError):
 
 
 class UnsupportedDialectError(SQLStoreError, ValueError):
-    """The engine's database dialect has no sqlstore strategy."""
+    """The URL or engine names a database or driver sqlstore does not work with.
+
+    The message names the URL to write instead (``postgresql+psycopg://``,
+    ``sqlite:///``, ``mysql+pymysql://``) and the extra that installs its driver.
+    """
+
+
+class DriverNotInstalledError(UnsupportedDialectError, ImportError):
+    """The URL's driver is not installed; the message names the sqlstore extra to install."""
