@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import sqlalchemy
 from sqlalchemy import Engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
 
@@ -26,6 +26,7 @@ from .prepared import Prepared
 from .schema import SCHEMA_REVISION, VERSION_TABLE
 from .session import Session
 from .statements import Statements
+from .urls import check_url
 
 _AUTOCOMMIT = "AUTOCOMMIT"
 
@@ -53,9 +54,11 @@ def create_engine(
             sqlstore's defaults (``pool_size``, ``max_overflow``, ``pool_recycle``...).
 
     Raises:
-        UnsupportedDialectError: the URL names a database sqlstore does not support.
+        UnsupportedDialectError: the URL names a database or driver sqlstore does not
+            work with (see :func:`sqlstore.urls.check_url`); the message names the fix.
+        DriverNotInstalledError: the driver is missing; the message names the extra.
     """
-    url = make_url(url)
+    url = check_url(url)
     if url.get_backend_name() == "sqlite":
         strategy: DialectStrategy = strategy_for(
             "sqlite", synchronous=sqlite_synchronous, busy_timeout=sqlite_busy_timeout

@@ -51,6 +51,15 @@ def test_a_wrong_url_names_the_fix(url: str, fragments: list[str]) -> None:
         assert fragment in message, (fragment, message)
 
 
+@pytest.mark.parametrize(("url", "fragments"), WRONG)
+def test_create_engine_refuses_a_wrong_url_before_any_import(
+    url: str, fragments: list[str]
+) -> None:
+    with pytest.raises(sqlstore.UnsupportedDialectError) as info:
+        sqlstore.create_engine(url)
+    assert fragments[0] in str(info.value)
+
+
 def test_the_password_is_never_in_the_message() -> None:
     for url in (
         f"postgres://app:{PASSWORD}@db/agents",
@@ -81,6 +90,8 @@ def test_a_missing_driver_names_the_extra(
     assert isinstance(info.value, sqlstore.UnsupportedDialectError)
     assert f"pip install '{extra}'" in str(info.value)
     assert isinstance(info.value.__cause__, ImportError)
+    with pytest.raises(sqlstore.DriverNotInstalledError):
+        sqlstore.create_engine(url)
 
 
 @pytest.mark.parametrize(
@@ -98,3 +109,5 @@ def test_the_urls_sqlstore_works_with_pass_unchanged(url: str) -> None:
     checked = check_url(url)
     assert checked == sa.make_url(url)
     assert check_url(checked) == checked  # a URL object as well as a string
+    engine = sqlstore.create_engine(url)  # no connection is opened
+    engine.dispose()
