@@ -34,7 +34,7 @@ from sqlalchemy.engine import URL, make_url
 
 import sqlstore
 from sqlstore import SQLFileStore, admin, cli
-from sqlstore.catalog import file_rows, namespace_stats, path_of, prefix_range
+from sqlstore.catalog import file_rows, namespace_stats
 from sqlstore.progress import Progress
 from sqlstore.schema import files
 from sqlstore.sdk import conversation_store
@@ -694,25 +694,6 @@ def test_mysql_session_time_zone(migrated_url: URL) -> None:
         SQLFileStore(shifted, ns).delete("")
     finally:
         shifted.dispose()
-
-
-def test_parse_age() -> None:
-    assert admin.parse_age("30d") == timedelta(days=30)
-    assert admin.parse_age("1d12h") == timedelta(hours=36)
-    assert admin.parse_age("2w") == timedelta(weeks=2)
-    assert admin.parse_age("90m") == timedelta(minutes=90)
-    for bad in ("", "30", "d", "0d", "-1d", "1y", "1.5d"):
-        with pytest.raises(ValueError):
-            admin.parse_age(bad)
-
-
-def test_catalog_helpers() -> None:
-    assert path_of(b"", "base_state.json") == "base_state.json"
-    assert path_of(sqlstore.paths.dir_key("events/sub"), "a.json") == "events/sub/a.json"
-    assert prefix_range("ab") == ("ab", "ac")
-    assert prefix_range("a\U0010ffff") == ("a\U0010ffff", "b")
-    assert prefix_range("\U0010ffff") == ("\U0010ffff", None)
-    assert prefix_range("\ud7ff") == ("\ud7ff", "\ue000")
 
 
 # -- the command line as a whole -------------------------------------------------------
