@@ -41,6 +41,9 @@ from tests.backends import (
     required,
 )
 
+#: pytester runs sample projects (tests/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
+
 _servers: dict[str, tuple[Server | None, str]] = {}
 
 
