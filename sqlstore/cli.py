@@ -28,6 +28,8 @@ from .errors import SchemaError, SQLStoreError
 from .progress import Progress
 from .schema import SCHEMA_REVISION
 
+__all__ = ["build_parser", "main"]
+
 PROG = "sqlstore"
 URL_VARIABLE = "SQLSTORE_URL"
 

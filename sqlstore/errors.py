@@ -8,6 +8,16 @@ the sqlstore error inherits it too, so callers written against the OpenHands
 
 from __future__ import annotations
 
+__all__ = [
+    "DatabaseError",
+    "DriverNotInstalledError",
+    "FileTooLargeError",
+    "LockTimeoutError",
+    "SQLStoreError",
+    "SchemaError",
+    "UnsupportedDialectError",
+]
+
 
 class SQLStoreError(Exception):
     """Base class of every sqlstore error."""
