@@ -51,3 +51,12 @@ def test_license_and_metadata() -> None:
     assert "Framework :: Pytest" in metadata.get_all("Classifier", [])
     entry_points = importlib.metadata.entry_points(group="pytest11")
     assert [ep.value for ep in entry_points if ep.name == "sqlstore"] == ["sqlstore.pytest_plugin"]
+
+
+def test_every_public_module_has_a_reference_page() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for name in PUBLIC_MODULES:
+        page = "sqlstore" if name == "sqlstore" else name.removeprefix("sqlstore.")
+        text = (ROOT / "docs" / "reference" / f"{page}.md").read_text()
+        assert f"::: {name}\n" in text, name
+        assert f"reference/{page}.md" in nav, name
