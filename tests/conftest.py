@@ -122,8 +122,9 @@ def _drop_unavailable(config: pytest.Config, items: list[pytest.Item]) -> None:
         disruptive = [item for item in keep if item.get_closest_marker("disruptive")]
         if disruptive:
             not_run.append(
-                f"disruptive: {_count(disruptive)} not run (they touch a server beyond their "
-                f"own databases: a PostgreSQL restart); set {DISRUPTIVE_VARIABLE}=1 to run them"
+                f"disruptive: {_count(disruptive)} not run, as disruptive tests touch a server "
+                f"beyond their own databases (a PostgreSQL restart); set "
+                f"{DISRUPTIVE_VARIABLE}=1 to run them"
             )
             keep = [item for item in keep if item.get_closest_marker("disruptive") is None]
             drop += disruptive
