@@ -16,6 +16,7 @@ from .engine import create_engine
 from .errors import (
     DatabaseError,
     DatabaseTimeoutError,
+    DriverNotInstalledError,
     FileTooLargeError,
     LockTimeoutError,
     SchemaError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DatabaseError",
     "DatabaseTimeoutError",
+    "DriverNotInstalledError",
     "FileTooLargeError",
     "LockTimeoutError",
     "SQLFileStore",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +24,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, admin, paths
 from .engine import create_engine, safe_url
-from .errors import SQLStoreError
+from .errors import SchemaError, SQLStoreError
 from .progress import Progress
+from .schema import SCHEMA_REVISION
+
+__all__ = ["build_parser", "main"]
 
 PROG = "sqlstore"
 URL_VARIABLE = "SQLSTORE_URL"
@@ -56,6 +60,10 @@ class Context:
     parser: argparse.ArgumentParser
     engines: list[Engine] = field(default_factory=list)
     urls: list[URL] = field(default_factory=list)
+    #: The URL each engine was made from (``engine.url`` may lack sqlstore's parameters).
+    url_of: dict[Engine, URL] = field(default_factory=dict)
+    #: The URL that came from ``$SQLSTORE_URL``, if one did.
+    env_url: URL | None = None
 
     def print(self, text: str = "") -> None:
         """Print a line on stdout."""
@@ -63,7 +71,8 @@ class Context:
 
     def url(self, value: str | None = None) -> URL:
         """The URL given (``--from``/``--to``), or ``--url``, or ``$SQLSTORE_URL``."""
-        text = value or getattr(self.args, "url", None) or os.environ.get(URL_VARIABLE)
+        given = value or getattr(self.args, "url", None)
+        text = given or os.environ.get(URL_VARIABLE)
         if not text:
             raise UsageError(f"no database URL: pass --url or set {URL_VARIABLE}")
         try:
@@ -71,26 +80,55 @@ class Context:
         except SQLAlchemyError:
             raise UsageError("cannot parse the database URL") from None
         self.urls.append(url)
+        if not given:
+            self.env_url = url
         return url
 
-    def engine(self, value: str | None = None, *, create: bool = False) -> Engine:
-        """An engine on :meth:`url`; a SQLite file must exist unless ``create``."""
+    def command(self, url: URL, command: str) -> str:
+        """The ``sqlstore`` command line that runs ``command`` on ``url``, for a hint.
+
+        It names the URL with ``--url`` unless the URL came from ``$SQLSTORE_URL``
+        (a password shows as ``***``).
+        """
+        if url is self.env_url:
+            return f"{PROG} {command}"
+        return f"{PROG} --url {shlex.quote(safe_url(url))} {command}"
+
+    def engine(
+        self, value: str | None = None, *, create: bool = False, schema: bool = False
+    ) -> Engine:
+        """An engine on :meth:`url`.
+
+        Args:
+            value: ``--from``/``--to``; default ``--url`` or ``$SQLSTORE_URL``.
+            create: A SQLite file may be created (else it must exist).
+            schema: The database must be migrated; the error names the command to run.
+        """
         url = self.url(value)
         database = url.database or ""
         if (
             url.get_backend_name() == "sqlite"
-            and not create
             and database not in ("", ":memory:")
             and not database.startswith("file:")
-            and not Path(database).exists()
         ):
-            raise FileNotFoundError(
-                f"no such SQLite database: {database} "
-                f"(create it with `{PROG} --url {safe_url(url)} db upgrade`)"
-            )
+            _check_sqlite_file(Path(database), create, self.command(url, "db upgrade"))
         engine = create_engine(url)
         self.engines.append(engine)
+        self.url_of[engine] = url
+        if schema:
+            self.require_schema(engine)
         return engine
+
+    def require_schema(self, engine: Engine) -> None:
+        """Raise :class:`SchemaError` naming the exact command unless ``engine`` is at head."""
+        found = admin.current_revision(engine)
+        if found != SCHEMA_REVISION:
+            url = self.url_of[engine]
+            where = "no sqlstore schema" if found is None else f"schema revision {found}"
+            raise SchemaError(
+                f"{safe_url(url)} has {where}, this sqlstore needs {SCHEMA_REVISION}; "
+                f"run `{self.command(url, 'db upgrade')}`"
+            )
 
     def progress(self) -> Progress:
         """A progress bar on stderr, drawn only when stderr is a terminal."""
@@ -110,6 +148,17 @@ class Context:
                     if len(form) >= 3:
                         text = text.replace(form, "***")
         return text
+
+
+def _check_sqlite_file(path: Path, create: bool, upgrade: str) -> None:
+    """Refuse a SQLite path that cannot work, before SQLite says "unable to open"."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"no such directory: {path.parent} (for the SQLite database {path}); "
+            f"create it first (mkdir -p {shlex.quote(str(path.parent))})"
+        )
+    if not create and not path.exists():
+        raise FileNotFoundError(f"no such SQLite database: {path} (create it with `{upgrade}`)")
 
 
 Handler = Callable[[Context], int]
@@ -242,8 +291,9 @@ def cmd_db_check(ctx: Context) -> int:
     found, head = admin.current_revision(engine), admin.head_revision()
     where = safe_url(engine.url)
     if found != head:
+        upgrade = ctx.command(ctx.url_of[engine], "db upgrade")
         raise CheckFailed(
-            f"{where} is at {_revision(found, head)}, not at head {head}; run `{PROG} db upgrade`"
+            f"{where} is at {_revision(found, head)}, not at head {head}; run `{upgrade}`"
         )
     ctx.print(f"{where} is at head ({head})")
     return 0
@@ -263,7 +313,7 @@ def cmd_db_stamp(ctx: Context) -> int:
 
 def cmd_namespaces(ctx: Context) -> int:
     """``namespaces``."""
-    stats = admin.namespaces(ctx.engine(), prefix=ctx.args.prefix)
+    stats = admin.namespaces(ctx.engine(schema=True), prefix=ctx.args.prefix)
     if ctx.args.json:
         _json(ctx, [_stats_json(s) for s in stats])
         return 0
@@ -279,7 +329,7 @@ def cmd_namespaces(ctx: Context) -> int:
 def cmd_ls(ctx: Context) -> int:
     """``ls NS [PATH]``."""
     args = ctx.args
-    entries = admin.ls(ctx.engine(), args.namespace, args.path, recursive=args.recursive)
+    entries = admin.ls(ctx.engine(schema=True), args.namespace, args.path, recursive=args.recursive)
     if args.json:
         _json(
             ctx,
@@ -303,7 +353,7 @@ def cmd_ls(ctx: Context) -> int:
 def cmd_du(ctx: Context) -> int:
     """``du NS [PATH]``."""
     args = ctx.args
-    usage = admin.du(ctx.engine(), args.namespace, args.path)
+    usage = admin.du(ctx.engine(schema=True), args.namespace, args.path)
     if args.json:
         _json(
             ctx,
@@ -324,7 +374,7 @@ def cmd_du(ctx: Context) -> int:
 
 def cmd_cat(ctx: Context) -> int:
     """``cat NS PATH``: the raw bytes on stdout."""
-    data = admin.cat(ctx.engine(), ctx.args.namespace, ctx.args.path)
+    data = admin.cat(ctx.engine(schema=True), ctx.args.namespace, ctx.args.path)
     out = sys.stdout
     out.flush()
     buffer = getattr(out, "buffer", None)
@@ -345,7 +395,7 @@ def cmd_put(ctx: Context) -> int:
         data = buffer.read() if buffer is not None else stdin.read().encode("utf-8")
     else:
         data = Path(args.file).read_bytes()
-    admin.put(ctx.engine(), args.namespace, args.path, data)
+    admin.put(ctx.engine(schema=True), args.namespace, args.path, data)
     ctx.print(f"wrote {len(data)} bytes to {_where(args.namespace, args.path)}")
     return 0
 
@@ -353,7 +403,7 @@ def cmd_put(ctx: Context) -> int:
 def cmd_rm(ctx: Context) -> int:
     """``rm NS PATH``."""
     args = ctx.args
-    count = admin.rm(ctx.engine(), args.namespace, args.path, recursive=args.recursive)
+    count = admin.rm(ctx.engine(schema=True), args.namespace, args.path, recursive=args.recursive)
     ctx.print(f"removed {_plural(count, 'file')} from {_where(args.namespace, args.path)}")
     return 0
 
@@ -365,7 +415,7 @@ def cmd_import(ctx: Context) -> int:
     """``import DIR``."""
     args = ctx.args
     report = admin.import_directory(
-        ctx.engine(), args.directory, args.namespace, progress=ctx.progress()
+        ctx.engine(schema=True), args.directory, args.namespace, progress=ctx.progress()
     )
     ctx.print(
         f"imported {_plural(len(report.namespaces), 'namespace')} from {args.directory}: "
@@ -381,7 +431,7 @@ def cmd_export(ctx: Context) -> int:
     """``export NS DIR``."""
     args = ctx.args
     report = admin.export_namespace(
-        ctx.engine(), args.namespace, args.directory, progress=ctx.progress()
+        ctx.engine(schema=True), args.namespace, args.directory, progress=ctx.progress()
     )
     ctx.print(f"exported {args.namespace} to {args.directory}: {_transfer_summary(report)}")
     return 0
@@ -390,8 +440,8 @@ def cmd_export(ctx: Context) -> int:
 def cmd_copy(ctx: Context) -> int:
     """``copy --from URL --to URL``."""
     args = ctx.args
-    source = ctx.engine(args.source)
-    destination = ctx.engine(args.destination)
+    source = ctx.engine(args.source, schema=True)
+    destination = ctx.engine(args.destination, schema=True)
     report = admin.copy(source, destination, args.namespaces, progress=ctx.progress())
     ctx.print(
         f"copied {_plural(len(report.namespaces), 'namespace')} from {safe_url(source.url)} "
@@ -408,7 +458,7 @@ def cmd_purge(ctx: Context) -> int:
     except ValueError as exc:
         raise UsageError(f"argument --older-than: {exc}") from None
     report = admin.purge(
-        ctx.engine(),
+        ctx.engine(schema=True),
         age,
         prefix=args.namespace_prefix,
         dry_run=args.dry_run,

@@ -6,11 +6,12 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from .database import register, safe_url
 from .dialects import strategy_for
 from .pooling import BoundedQueuePool, Timeouts
+from .urls import check_url
 
 _AUTOCOMMIT = "AUTOCOMMIT"
 
@@ -48,10 +49,12 @@ def create_engine(
             ``pool_recycle``...).
 
     Raises:
-        UnsupportedDialectError: the URL names a database sqlstore does not support.
+        UnsupportedDialectError: the URL names a database or driver sqlstore does not
+            work with (see :func:`sqlstore.urls.check_url`); the message names the fix.
+        DriverNotInstalledError: the driver is missing; the message names the extra.
         ValueError: an option is invalid.
     """
-    url = make_url(url)
+    url = check_url(url)
     timeouts = Timeouts(connect_timeout, read_timeout)
     strategy = strategy_for(
         url.get_backend_name(),

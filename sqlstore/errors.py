@@ -10,6 +10,16 @@ original as ``__cause__``.
 
 from __future__ import annotations
 
+__all__ = [
+    "DatabaseError",
+    "DriverNotInstalledError",
+    "FileTooLargeError",
+    "LockTimeoutError",
+    "SQLStoreError",
+    "SchemaError",
+    "UnsupportedDialectError",
+]
+
 
 class SQLStoreError(Exception):
     """Base class of every sqlstore error."""
@@ -49,4 +59,12 @@ class FileTooLargeError(SQLStoreError, OSError):
 
 
 class UnsupportedDialectError(SQLStoreError, ValueError):
-    """The engine's database dialect has no sqlstore strategy."""
+    """The URL or engine names a database or driver sqlstore does not work with.
+
+    The message names the URL to write instead (``postgresql+psycopg://``,
+    ``sqlite:///``, ``mysql+pymysql://``) and the extra that installs its driver.
+    """
+
+
+class DriverNotInstalledError(UnsupportedDialectError, ImportError):
+    """The URL's driver is not installed; the message names the sqlstore extra to install."""

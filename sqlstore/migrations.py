@@ -23,6 +23,15 @@ from .errors import SchemaError
 if TYPE_CHECKING:
     from alembic.config import Config
 
+__all__ = [
+    "alembic_config",
+    "downgrade",
+    "migrate",
+    "migration_connection",
+    "migrations_dir",
+    "stamp",
+]
+
 
 def migrations_dir() -> Path:
     """The directory holding sqlstore's Alembic environment and revisions.

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import TextIO
 
+__all__ = ["QUIET", "Progress"]
+
 _WIDTH = 30
 _INTERVAL = 0.1
 

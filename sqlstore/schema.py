@@ -154,3 +154,17 @@ chunks = Table(
 
 #: The tables sqlstore owns; Alembic's env.py ignores every other table.
 TABLE_NAMES = frozenset(metadata.tables)
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "SCHEMA_REVISION",
+    "TABLE_NAMES",
+    "VERSION_TABLE",
+    "BytewiseString",
+    "Content",
+    "DirKey",
+    "FileId",
+    "chunks",
+    "files",
+    "metadata",
+]

@@ -25,6 +25,15 @@ from sqlalchemy import Engine
 
 from .store import SQLFileStore
 
+__all__ = [
+    "TESTED_SDK_VERSIONS",
+    "ConversationRouting",
+    "StoreFactory",
+    "conversation_store",
+    "namespace_for",
+    "route_conversations",
+]
+
 #: The openhands-sdk versions :func:`route_conversations` is tested against.
 TESTED_SDK_VERSIONS = ">=1.58,<1.59"
 _REQUIRED_PARAMETERS = ("cls", "id", "agent", "workspace", "persistence_dir", "file_store")

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -33,7 +34,7 @@ from sqlalchemy.engine import URL, make_url
 
 import sqlstore
 from sqlstore import SQLFileStore, admin, cli
-from sqlstore.catalog import file_rows, namespace_stats, path_of, prefix_range
+from sqlstore.catalog import file_rows, namespace_stats
 from sqlstore.progress import Progress
 from sqlstore.schema import files
 from sqlstore.sdk import conversation_store
@@ -155,8 +156,10 @@ def test_db_commands(empty_url: URL, run: CLI, monkeypatch: pytest.MonkeyPatch) 
     head = admin.head_revision()
 
     assert run("--url", url, "db", "current").out == "none (no sqlstore schema)\n"
-    _one_error_line(run("--url", url, "db", "check"), "not at head", "db upgrade")
-    _one_error_line(run("--url", url, "namespaces"), "no sqlstore schema", "db upgrade")
+    # The hint is the command to run, with the URL as it was given.
+    upgrade = f"run `sqlstore --url {shlex.quote(shown)} db upgrade`"
+    _one_error_line(run("--url", url, "db", "check"), "not at head", upgrade)
+    _one_error_line(run("--url", url, "namespaces"), "no sqlstore schema", upgrade)
 
     done = run("--url", url, "db", "upgrade")
     assert done.code == 0, done.err
@@ -171,7 +174,7 @@ def test_db_commands(empty_url: URL, run: CLI, monkeypatch: pytest.MonkeyPatch) 
 
     # stamp: the revision changes, the tables stay.
     assert run("db", "stamp", "base").out == f"stamped {shown} at none (no sqlstore schema)\n"
-    _one_error_line(run("db", "check"), "is at none")
+    _one_error_line(run("db", "check"), "is at none", "run `sqlstore db upgrade`")
     assert {"sqlstore_files", "sqlstore_chunks"} <= _tables(empty_url)
     assert run("db", "stamp", "head").code == 0
     assert run("db", "check").code == 0
@@ -523,6 +526,8 @@ def _fill(engine: sa.Engine, prefix: str) -> list[str]:
     return [many, odd, old]
 
 
+@pytest.mark.postgresql
+@pytest.mark.mysql
 def test_copy_sqlite_postgresql_mariadb_byte_identical(
     fresh: Callable[[str], URL], run: CLI, tmp_path: Path
 ) -> None:
@@ -539,8 +544,8 @@ def test_copy_sqlite_postgresql_mariadb_byte_identical(
         bare = _sqlite_file(tmp_path / "bare.db")
         _one_error_line(
             run("copy", "--from", _url(urls["sqlite"]), "--to", _url(bare)),
-            "no sqlstore schema",
-            "db upgrade",
+            f"{bare} has no sqlstore schema",
+            f"run `sqlstore --url {bare} db upgrade`",
         )
 
         # Interrupted after the first batch, then resumed by running the command again.
@@ -691,25 +696,6 @@ def test_mysql_session_time_zone(migrated_url: URL) -> None:
         shifted.dispose()
 
 
-def test_parse_age() -> None:
-    assert admin.parse_age("30d") == timedelta(days=30)
-    assert admin.parse_age("1d12h") == timedelta(hours=36)
-    assert admin.parse_age("2w") == timedelta(weeks=2)
-    assert admin.parse_age("90m") == timedelta(minutes=90)
-    for bad in ("", "30", "d", "0d", "-1d", "1y", "1.5d"):
-        with pytest.raises(ValueError):
-            admin.parse_age(bad)
-
-
-def test_catalog_helpers() -> None:
-    assert path_of(b"", "base_state.json") == "base_state.json"
-    assert path_of(sqlstore.paths.dir_key("events/sub"), "a.json") == "events/sub/a.json"
-    assert prefix_range("ab") == ("ab", "ac")
-    assert prefix_range("a\U0010ffff") == ("a\U0010ffff", "b")
-    assert prefix_range("\U0010ffff") == ("\U0010ffff", None)
-    assert prefix_range("\ud7ff") == ("\ud7ff", "\ue000")
-
-
 # -- the command line as a whole -------------------------------------------------------
 
 
@@ -804,7 +790,89 @@ def test_usage_errors_and_secrets(
     )
     assert not (tmp_path / "none.db").exists()
     bare = _sqlite_file(tmp_path / "bare.db")
-    _one_error_line(run("--url", _url(bare), "ls", "x"), "no sqlstore schema", "db upgrade")
+    _one_error_line(
+        run("--url", _url(bare), "ls", "x"),
+        "no sqlstore schema",
+        f"run `sqlstore --url {bare} db upgrade`",
+    )
+
+
+def _hinted(result: Run) -> list[str]:
+    """The command a one-line error hints at (in backquotes), as arguments after ``sqlstore``."""
+    (line,) = result.err.splitlines()
+    command = re.findall(r"`(sqlstore [^`]*)`", line)
+    assert len(command) == 1, line
+    return shlex.split(command[0])[1:]
+
+
+def test_hints_name_the_command_that_fixes_it(
+    run: CLI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SQLSTORE_URL", raising=False)
+
+    # db upgrade in a directory that does not exist: said plainly, nothing created.
+    deep = tmp_path / "no" / "such" / "store.db"
+    _one_error_line(
+        run("--url", f"sqlite:///{deep}", "db", "upgrade"),
+        f"no such directory: {deep.parent} (for the SQLite database {deep})",
+        f"mkdir -p {deep.parent}",
+    )
+    assert not (tmp_path / "no").exists()
+
+    # A missing SQLite file: the hint names --url when the URL came from --url...
+    missing = tmp_path / "missing.db"
+    failed = run("--url", f"sqlite:///{missing}", "ls", "x")
+    _one_error_line(failed, f"no such SQLite database: {missing}")
+    assert _hinted(failed) == ["--url", f"sqlite:///{missing}", "db", "upgrade"]
+    assert run(*_hinted(failed)).code == 0  # and the hinted command works as written
+    assert run("--url", f"sqlite:///{missing}", "namespaces").out == "no namespaces\n"
+    # ...and not when it came from $SQLSTORE_URL.
+    other = tmp_path / "other.db"
+    monkeypatch.setenv("SQLSTORE_URL", f"sqlite:///{other}")
+    failed = run("ls", "x")
+    _one_error_line(failed, f"no such SQLite database: {other}")
+    assert _hinted(failed) == ["db", "upgrade"]
+    bare = _sqlite_file(tmp_path / "bare.db")
+    monkeypatch.setenv("SQLSTORE_URL", _url(bare))
+    failed = run("du", "x")
+    _one_error_line(failed, "no sqlstore schema")
+    assert _hinted(failed) == ["db", "upgrade"]
+    monkeypatch.delenv("SQLSTORE_URL")
+
+    # copy to an unmigrated destination: the exact command for the destination.
+    source = make_url(f"sqlite:///{missing}")
+    SQLFileStore.from_url(source, "ns").write("f", "1")
+    destination = _sqlite_file(tmp_path / "destination.db")
+    failed = run("copy", "--from", _url(source), "--to", _url(destination))
+    _one_error_line(failed, f"{destination} has no sqlstore schema")
+    assert _hinted(failed) == ["--url", _url(destination), "db", "upgrade"]
+    assert run(*_hinted(failed)).code == 0
+    assert run("copy", "--from", _url(source), "--to", _url(destination)).code == 0
+
+    # Wrong drivers and misspelt databases: one line naming the URL to write.
+    _one_error_line(
+        run("--url", "mysql://root@127.0.0.1/test", "namespaces"),
+        "write mysql+pymysql://root@127.0.0.1/test",
+        "pip install 'sqlstore[mysql]'",
+    )
+    _one_error_line(
+        run("--url", "postgresql+psycopg2://app@127.0.0.1/test", "db", "upgrade"),
+        "write postgresql+psycopg://app@127.0.0.1/test",
+        "pip install 'sqlstore[postgresql]'",
+    )
+    failed = run("--url", "postgres://app:Sup3rSecretPw@127.0.0.1/test", "db", "current")
+    _one_error_line(failed, "did you mean postgresql+psycopg://app:***@127.0.0.1/test?")
+    assert "Sup3rSecretPw" not in failed.err
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_hint_never_shows_the_password(empty_url: URL, run: CLI) -> None:
+    # The local server trusts every connection, so the password is accepted and unused.
+    url = empty_url.set(password="Sup3rSecretPw")
+    failed = run("--url", _url(url), "namespaces")
+    assert "Sup3rSecretPw" not in failed.err
+    assert _hinted(failed) == ["--url", url.render_as_string(hide_password=True), "db", "upgrade"]
+    assert ":***@" in failed.err
 
 
 def test_progress_bar_only_on_a_terminal() -> None:

@@ -79,6 +79,7 @@ def test_list_raises_rather_than_answer_empty_when_the_database_is_gone() -> Non
     engine.dispose()
 
 
+@pytest.mark.disruptive  # restarts the whole server, not only this test's database
 @pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 def test_postgres_restart(store: SQLFileStore, migrated_url: sa.URL) -> None:
     command = postgres_restart_command()
