@@ -154,22 +154,21 @@ class Statements:
         # Every statement names the namespace, the leading key column: each one
         # touches one partition (or shard) of a database partitioned by namespace.
         by_id = and_(_ns, _f.file_id == bindparam("fid"))
-        if strategy.chunk_size is None:
-            self.read = compile_(select(_f.content).where(by_id))
-        else:
-            # The row and the chunks it counts, in one statement: one snapshot, so a
-            # concurrent overwrite can never tear the content, in or out of a lock block.
-            counted = select(_c.seq, _c.data).join(
-                files,
-                and_(
-                    _c.namespace == _f.namespace,
-                    _c.file_id == _f.file_id,
-                    _c.seq <= _f.chunk_count,
-                ),
-            )
-            head = select(literal_column("0").label("seq"), _f.content.label("data"))
-            both = union_all(head.where(by_id), counted.where(by_id)).subquery()
-            self.read = compile_(select(both.c.data).order_by(both.c.seq))
+        self.read = compile_(select(_f.content, _f.chunk_count).where(by_id))
+        # A chunked file (the row counts chunks): the row and the chunks it counts, in
+        # one statement, so one snapshot: a concurrent overwrite can never tear it, in
+        # or out of a lock block. Only run for such files; every other read is `read`.
+        counted = select(_c.seq, _c.data).join(
+            files,
+            and_(
+                _c.namespace == _f.namespace,
+                _c.file_id == _f.file_id,
+                _c.seq <= _f.chunk_count,
+            ),
+        )
+        head = select(literal_column("0").label("seq"), _f.content.label("data"))
+        both = union_all(head.where(by_id), counted.where(by_id)).subquery()
+        self.read_chunked = compile_(select(both.c.data).order_by(both.c.seq))
         self.is_file = compile_(select(_f.file_id).where(by_id))
         # Read-ahead: the next files of a directory, down or up from a name. Large and
         # chunked files are left out by the query itself, never fetched to be dropped.

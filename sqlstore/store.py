@@ -231,14 +231,22 @@ class SQLFileStore:
             if ahead is not None:
                 return ahead
         params = {"ns": self._namespace, "fid": paths.file_id(self._namespace, path_n)}
-        read = self._sql.read
-        # Where large contents are chunked, one statement returns the row's content
-        # and then its chunks, in order: one snapshot, never a torn file.
-        rows = self._db.run(lambda conn: conn.all(read, params))
-        if rows:
-            if len(rows) == 1:
-                return bytes(rows[0][0])
-            return b"".join(bytes(piece) for (piece,) in rows)
+        sql = self._sql
+
+        def run(conn: PooledConnection) -> bytes | None:
+            row = conn.first(sql.read, params)
+            if row is None:
+                return None
+            content, chunk_count = row
+            if not chunk_count:
+                return bytes(content)
+            # A chunked file: read it again, whole, in one statement (one snapshot).
+            pieces = conn.all(sql.read_chunked, params)
+            return b"".join(bytes(piece) for (piece,) in pieces) if pieces else None
+
+        data = self._db.run(run)
+        if data is not None:
+            return data
         if self._is_dir(path_n):
             raise IsADirectoryError(f"{path!r} is a directory")
         raise FileNotFoundError(path)
