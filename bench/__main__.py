@@ -9,10 +9,11 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.harness import PLANS, describe_machine, load_average, log, plan_dict
+from bench.harness import PLANS, describe_machine, load_average, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = ("postgresql", "sqlite", "mysql")
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average": {"start": load_start, "end": load_average()},
         "machine": describe_machine({b: v for b, v in versions.items() if b in BACKENDS}),
-        "plan": plan_dict(run.plan),
+        "plan": asdict(run.plan),
     }
     doc = report.document(run, meta)
     print(report.markdown(doc), end="")

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
@@ -53,32 +53,23 @@ class Plan:
     logging_calls: int  # per subject and logging configuration
 
 
+# fmt: off
 PLANS = {
-    "full": Plan(
-        "full",
-        400,
-        25,
-        10_000,
-        30,
-        5,
-        8,
-        50,
-        3,
-        10_000,
-        3,
-        (1_000, 10_000, 100_000),
-        300,
-        10_000,
-        8,
-        200,
-        500,
-    ),
-    "quick": Plan(
-        "quick", 60, 10, 10_000, 6, 3, 8, 10, 1, 1_000, 1, (1_000, 10_000), 60, 10_000, 8, 25, 60
-    ),
+    "full": Plan("full", calls=400, batch=25, big_dir=10_000, big_dir_calls=30, big_dir_batch=5,
+                 procs=8, proc_events=50, proc_rounds=3, resume_events=10_000, resume_reps=3,
+                 namespace_sizes=(1_000, 10_000, 100_000), list_calls=300, stores=10_000,
+                 threads=8, thread_ops=200, logging_calls=500),
+    "quick": Plan("quick", calls=60, batch=10, big_dir=10_000, big_dir_calls=6, big_dir_batch=3,
+                  procs=8, proc_events=10, proc_rounds=1, resume_events=1_000, resume_reps=1,
+                  namespace_sizes=(1_000, 10_000), list_calls=60, stores=10_000, threads=8,
+                  thread_ops=25, logging_calls=60),
     # Proves the machinery end to end in seconds (tests/test_bench.py); its figures mean nothing.
-    "smoke": Plan("smoke", 6, 3, 300, 2, 1, 3, 3, 1, 30, 1, (100, 300), 4, 200, 3, 3, 4),
+    "smoke": Plan("smoke", calls=6, batch=3, big_dir=300, big_dir_calls=2, big_dir_batch=1,
+                  procs=3, proc_events=3, proc_rounds=1, resume_events=30, resume_reps=1,
+                  namespace_sizes=(100, 300), list_calls=4, stores=200, threads=3, thread_ops=3,
+                  logging_calls=4),
 }
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -315,8 +306,3 @@ def describe_machine(databases: dict[str, str]) -> dict[str, Any]:
         "sqlstore_commit": _git("rev-parse", "--short", "HEAD"),
         "sqlstore_dirty": bool(_git("status", "--porcelain", "--", "sqlstore", "migrations")),
     }
-
-
-def plan_dict(plan: Plan) -> dict[str, Any]:
-    """The plan, for the JSON file."""
-    return asdict(plan)

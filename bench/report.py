@@ -162,10 +162,11 @@ def pool(key: str) -> Measure:
         f = doc["checks"].get("pool", {}).get(key)
         if f is None:
             return None
-        ok = f["opened_by_creating"] == f["out_after_creating"] == 0 and f["opened"] <= f["limit"]
+        quiet = f["opened_by_creating"] == f["out_after_creating"] == 0
+        ok = quiet and max(f["opened"], f["most_checked_out"]) <= f["limit"]
         said = (f"{f['opened_by_creating']} opened by creating; threads: at most "
                 f"{f['most_checked_out']} checked out, {f['opened']} opened")  # fmt: skip
-        return f["opened"], said, ok and f["most_checked_out"] <= f["limit"]
+        return f["opened"], said, ok
 
     return measure
 

@@ -336,7 +336,9 @@ def growth(run: Run) -> None:
     timed in one interleaved run, so drift on the machine cannot pass for growth.
     """
     stores = run.keys("sqlstore", every_row=True)
-    keys = [k for s in stores for k in (run.subjects[s].floor, s) if k in run.subjects]
+    keys = list(
+        dict.fromkeys(k for s in stores for k in (run.subjects[s].floor, s) if k in run.subjects)
+    )
     handles = {(k, n): run.files(k, f"growth-{n}") for n in run.plan.namespace_sizes for k in keys}
     text = event_json(KIB)
 
