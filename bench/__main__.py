@@ -17,12 +17,12 @@ from bench.harness import PLANS, describe_machine, load_average, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BACKENDS = ("postgresql", "sqlite", "mysql")
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/sqlstore_bench"
+MYSQL_URL = "mysql+pymysql://root@127.0.0.1:3306/sqlstore_bench"
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """The command line of a run."""
-    from bench.subjects import DEFAULT_URLS
-
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="sqlstore against raw drivers and the OpenHands SDK's stores, interleaved. "
@@ -33,8 +33,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--plan", choices=PLANS, help="full (default), quick, or smoke (seconds; "
                    "proves the machinery, its figures mean nothing)")  # fmt: skip
     p.add_argument("--backends", default=",".join(BACKENDS), help="default: all three")
-    p.add_argument("--pg-url", default=DEFAULT_URLS["postgresql"])
-    p.add_argument("--mysql-url", default=DEFAULT_URLS["mysql"])
+    p.add_argument("--pg-url", default=PG_URL)
+    p.add_argument("--mysql-url", default=MYSQL_URL)
     p.add_argument("--only", type=lambda s: re.compile(s, re.I), metavar="REGEX",
                    help="run only the rows whose name matches (case-insensitive)")  # fmt: skip
     p.add_argument("--label", default="", help="a name for this run, kept in the results")

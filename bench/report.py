@@ -293,14 +293,15 @@ def markdown(doc: Doc) -> str:
     ]
     if doc["failed"]:
         header.append(f"Workloads that failed: {', '.join(doc['failed'])}.")
+    measured = [t for t in doc["targets"] if t["result"] != "NOT MEASURED"]
+    unmet = len(measured) < len(doc["targets"])  # a database skipped, or rows left out
     parts = [
         f"# sqlstore benchmark ({doc['mode']})",
         "  \n".join(header),
         "## Targets",
         "\n".join(
-            f"- **{t['result']}**: {t['target']}"
-            + (f" Measured: {t['measured']}." if t["measured"] else "")
-            for t in doc["targets"]
+            [f"- **{t['result']}**: {t['target']} Measured: {t['measured']}." for t in measured]
+            + [f"- {len(doc['targets']) - len(measured)} more not measured in this run."] * unmet
         ),
         "A ratio is sqlstore's median over the other's, in the same run; below 1.00x sqlstore "
         "is faster, except on rows where higher is better. Against LocalFileStore, rows that "
@@ -353,7 +354,7 @@ def compare(before: Doc, after: Doc) -> str:
             f"{t['result']} {t['measured']}",
         ]
         for t in after["targets"]
-        if t["target"] in goals
+        if t["target"] in goals and "MEASURED" not in t["result"] + goals[t["target"]]["result"]
     ]
     return (
         f"# {name(before)} → {name(after)}\n\n"

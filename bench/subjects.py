@@ -40,11 +40,6 @@ from sqlalchemy.engine import make_url
 import sqlstore
 from bench.harness import Plan, Results, log
 
-DEFAULT_URLS = {
-    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/sqlstore_bench",
-    "mysql": "mysql+pymysql://root@127.0.0.1:3306/sqlstore_bench",
-    "sqlite": "",  # a file per subject in the run's temporary directory
-}
 RAW_TABLE = "bench_raw_files"
 
 

@@ -497,7 +497,7 @@ def logging_rows(plan: Plan) -> list[str]:
 
 
 def logging_worker(
-    subjects: list[Subject], where: dict[str, str], plan: Plan, log_path: str
+    subjects: list[Subject], where: dict[str, str], plan: Plan, names: list[str], log_path: str
 ) -> Any:
     """Child: time calls with quiet logging and with the SDK's, interleaved.
 
@@ -527,7 +527,7 @@ def logging_worker(
         if "sqlstore" not in n and info.get(n, (0, True, False, ())) != v
     )
     _restore(quiet)
-    rows = [r for r in call_rows(plan) if r.small]
+    rows = [r for r in call_rows(plan) if f"logging check: {r.name}" in names]
     for files in handles.values():
         files.load(call_files(plan, rows))
     _restore(info)
@@ -568,9 +568,9 @@ def logging_check(run: Run) -> None:
     """Per-call cost with quiet logging and under the SDK's INFO logging, in a child."""
     subjects = [run.subjects[k] for k in run.keys("sqlstore", every_row=True)]
     where = {m: run.where(subjects[0].key, f"logging-{m}") for m in ("quiet", "info")}
-    [report] = in_children(
-        logging_worker, [(subjects, where, run.plan, str(run.tmp / "stderr.log"))]
-    )
+    names = [n for n in logging_rows(run.plan) if run.wants(n)]
+    args = (subjects, where, run.plan, names, str(run.tmp / "stderr.log"))
+    [report] = in_children(logging_worker, [args])
     for name, samples in report["samples"].items():
         cells = {}
         for label, values in samples.items():
