@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         urls = {"postgresql": args.pg_url, "mysql": args.mysql_url, "sqlite": ""}
         subjects, versions = prepare(args.backends, urls, tmp)
+        subjects_run = {s.backend for s in subjects.values()}
         for what, said in versions.items():
             if said.startswith("skipped"):
                 log(f"{what} {said}")
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": date,
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average": {"start": load_start, "end": load_average()},
-        "machine": describe_machine({b: v for b, v in versions.items() if b in BACKENDS}),
+        "machine": describe_machine({b: v for b, v in versions.items() if b in subjects_run}),
+        "skipped": {k: v for k, v in versions.items() if v.startswith("skipped")},
         "plan": asdict(run.plan),
     }
     doc = report.document(run, meta)

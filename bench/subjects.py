@@ -144,7 +144,10 @@ class RawFiles:
         raise NotImplementedError
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        self.cur.execute(sql, params)
+        if params:
+            self.cur.execute(sql, params)
+        else:
+            self.cur.execute(sql)
         return self.cur
 
     def create(self) -> None:
@@ -234,7 +237,7 @@ class RawPostgres(RawFiles):
         return psycopg.connect(_conninfo(subject.url), autocommit=True)
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        return self.cur.execute(sql, params, prepare=bool(params))
+        return self.cur.execute(sql, params or None, prepare=bool(params))
 
     def create(self) -> None:
         """(Re)create the table, with lz4 TOAST compression as sqlstore has it."""
