@@ -294,7 +294,8 @@ def markdown(doc: Doc) -> str:
     if doc["failed"]:
         header.append(f"Workloads that failed: {', '.join(doc['failed'])}.")
     if doc["skipped"]:
-        header.append("Skipped: " + "; ".join(f"{k} {v}" for k, v in doc["skipped"].items()))
+        skipped = (f"{k} ({v.removeprefix('skipped: ')})" for k, v in doc["skipped"].items())
+        header.append(f"Skipped: {'; '.join(skipped)}.")
     measured = [t for t in doc["targets"] if t["result"] != "NOT MEASURED"]
     unmet = len(measured) < len(doc["targets"])  # a database skipped, or rows left out
     parts = [
