@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a child process imports the SDK: 15-30 s on 2 cores
 REPO = Path(__file__).resolve().parent.parent
 RAWS, STORES, SDK = (
     ["sqlite-normal-raw", "sqlite-raw"],
@@ -69,9 +70,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str, 
     assert done.returncode == 0, done.stderr[-4000:]
     doc = json.loads((out / "latest-smoke.json").read_text(encoding="utf-8"))
     return doc, (out / "latest-smoke.md").read_text(encoding="utf-8"), done.stdout, out
-
-
-pytestmark = pytest.mark.slow
 
 
 def test_the_run_measures_every_row_on_every_subject_it_concerns(run: Any) -> None:
