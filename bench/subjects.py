@@ -86,6 +86,8 @@ class Subject:
 SUBJECTS = (
     Subject("pg-raw", "PostgreSQL raw psycopg", "raw", "postgresql"),
     Subject("pg", "PostgreSQL sqlstore", "sqlstore", "postgresql", "pg-raw"),
+    Subject("pg-part", "PostgreSQL sqlstore, 8 partitions", "sqlstore", "postgresql", "pg-raw",
+            database="sqlstore_bench_part", setup=lambda url: partition(url, 8)),
     Subject("sqlite-normal-raw", "SQLite NORMAL raw sqlite3", "raw", "sqlite", None,
             {"synchronous": "NORMAL"}, every_row=False),
     Subject("sqlite-raw", "SQLite FULL raw sqlite3", "raw", "sqlite", None,
@@ -100,6 +102,11 @@ SUBJECTS = (
     Subject("memory", "SDK InMemoryFileStore", "memory"),
 )
 # fmt: on
+
+
+def partition(url: str, count: int) -> None:
+    """Lay out a subject's tables as ``count`` hash partitions by namespace."""
+    sqlstore.migrate(url, partitions=count)
 
 
 # -- the raw floors -------------------------------------------------------------------
