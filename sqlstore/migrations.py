@@ -6,6 +6,7 @@ processes that only read and write.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -56,9 +57,11 @@ def alembic_config(url: str | URL | None = None) -> Config:
 def migrate(url_or_engine: str | URL | Engine, revision: str = "head") -> None:
     """Upgrade the sqlstore schema of a database to ``revision`` (default: the newest).
 
-    Safe to call on every start-up: a database already at ``revision`` is left as it
-    is. Only sqlstore's tables and its version table ``sqlstore_alembic_version`` are
-    touched, so the database may hold an application's own tables and Alembic history.
+    Safe to call on every start-up, also from several processes at once (replicas
+    starting together): a database lock serialises them, and a database already at
+    ``revision`` is left as it is. Only sqlstore's tables and its version table
+    ``sqlstore_alembic_version`` are touched, so the database may hold an application's
+    own tables and Alembic history.
 
     Args:
         url_or_engine: A database URL or an engine.
@@ -88,11 +91,55 @@ def stamp(url_or_engine: str | URL | Engine, revision: str) -> None:
 
 
 def _run(url_or_engine: str | URL | Engine, action: Callable[[Config], None]) -> None:
-    with migration_connection(url_or_engine) as conn:
+    with migration_connection(url_or_engine) as conn, _schema_lock(conn):
         config = alembic_config()
         config.attributes["connection"] = conn
         action(config)
         conn.commit()
+
+
+#: How long a MySQL/MariaDB migration waits for another process's migration to end.
+SCHEMA_LOCK_TIMEOUT = 600
+
+
+@contextmanager
+def _schema_lock(conn: sa.Connection) -> Iterator[None]:
+    """Serialise schema changes between processes sharing one database.
+
+    Replicas that start together each migrate; without this, two of them create the
+    version table at once and one fails. The lock is the database's own: a
+    transaction-scoped advisory lock on PostgreSQL (safe behind PgBouncer; the
+    migrations then run inside that transaction), ``GET_LOCK`` on MySQL/MariaDB (DDL
+    commits there, so the lock is the session's), and the write lock on SQLite
+    (``BEGIN IMMEDIATE``). Whoever waits finds the schema at head and does nothing.
+    """
+    name = conn.dialect.name
+    database = conn.engine.url.database or ""
+    digest = hashlib.blake2b(database.encode(), digest_size=8, person=b"sqlstore-ddl")
+    if name == "postgresql":
+        key = int.from_bytes(digest.digest(), "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        yield  # released when _run commits (or the connection rolls back)
+    elif name in ("mysql", "mariadb"):
+        lock = f"sqlstore-ddl-{digest.hexdigest()}"
+        got = conn.execute(
+            sa.text("SELECT GET_LOCK(:lock, :timeout)"),
+            {"lock": lock, "timeout": SCHEMA_LOCK_TIMEOUT},
+        ).scalar()
+        conn.commit()  # the migrations run in transactions of their own
+        if got != 1:
+            raise TimeoutError(f"another process kept migrating for {SCHEMA_LOCK_TIMEOUT}s")
+        try:
+            yield
+        finally:
+            conn.rollback()
+            conn.execute(sa.text("SELECT RELEASE_LOCK(:lock)"), {"lock": lock})
+            conn.commit()
+    elif name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # waits under busy_timeout
+        yield
+    else:
+        yield
 
 
 @contextmanager
