@@ -1,0 +1,159 @@
+"""Real agent server replicas for the end-to-end tests, started in parallel and shared.
+
+The scripted model, the replica environment and the HTTP client are the example's
+(``examples/agent_server_replicas.py``); the processes come from a zygote
+(:mod:`tests.agent_server_zygote`) that has imported the SDK once, so a replica starts
+in a few seconds instead of ~17 s of imports each.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_example() -> ModuleType:
+    path = ROOT / "examples" / "agent_server_replicas.py"
+    spec = importlib.util.spec_from_file_location("agent_server_replicas", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+example = _load_example()
+
+
+class Zygote:
+    """The forking parent of the replicas (see :mod:`tests.agent_server_zygote`)."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.agent_server_zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"the zygote did not start: {line!r}")
+
+    def spawn(self, env: dict[str, str], argv: list[str], cwd: Path, log: Path) -> int:
+        """Fork a server process; returns its pid."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        spec = {"env": env, "argv": argv, "cwd": str(cwd), "log": str(log)}
+        self.process.stdin.write(json.dumps(spec) + "\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def close(self) -> None:
+        """Stop forking (the servers are stopped by their owners)."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+class Replica:
+    """One agent server process on a database, with a home directory of its own."""
+
+    def __init__(
+        self, zygote: Zygote, name: str, url: str, home: Path, secret_key: str = example.SECRET_KEY
+    ) -> None:
+        self.zygote = zygote
+        self.name = name
+        self.url = url
+        self.home = home
+        self.secret_key = secret_key
+        self.port = example.free_port()
+        self.client = example.Client(f"http://127.0.0.1:{self.port}")
+        self.pid = 0
+
+    @property
+    def conversations_dir(self) -> Path:
+        """Where the stock server would keep its conversations."""
+        return self.home / "conversations"
+
+    def start(self) -> None:
+        """Start the process (without waiting for it to serve)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = example.replica_env(self.url, self.home, self.secret_key)
+        argv = example.server_argv(self.port)
+        self.pid = self.zygote.spawn(env, argv, self.home, self.home / "server.log")
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Wait until it serves; its log is in the error if it died."""
+        try:
+            example.wait_ready(self.client.base, self.alive, timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"replica {self.name}: {exc}\n{self.log_tail()}") from exc
+
+    def alive(self) -> bool:
+        """Whether the process exists (a stopped one does)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def signal(self, number: int) -> None:
+        """Send a signal to the process."""
+        os.kill(self.pid, number)
+
+    def terminate(self, timeout: float = 60.0) -> None:
+        """SIGTERM and wait until it is gone (SIGKILL if it lingers)."""
+        self.signal(signal.SIGTERM)
+        if not self._gone(timeout):
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL and wait until it is gone."""
+        if self.alive():
+            self.signal(signal.SIGKILL)
+            self._gone(30)
+
+    def restart(self, wipe: bool = False) -> None:
+        """Start again on the same port (after a terminate or kill); ``wipe`` its disk first."""
+        if wipe:
+            shutil.rmtree(self.conversations_dir, ignore_errors=True)
+        self.start()
+        self.wait_ready()
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of its log."""
+        log = self.home / "server.log"
+        if not log.exists():
+            return "(no log)"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+    def _gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def send_until_accepted(replica: Replica, conversation_id: str, text: str, timeout: float) -> Any:
+    """Send ``text`` to ``replica`` until it stops answering 409; returns (status, seconds)."""
+    started = time.monotonic()
+    while True:
+        status, answer = replica.client.send(conversation_id, text)
+        elapsed = time.monotonic() - started
+        if status != 409 or elapsed > timeout:
+            return status, elapsed, answer
+        time.sleep(0.05)
