@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -277,15 +277,17 @@ def message_text(event: dict[str, Any]) -> str:
 # -- the demo ------------------------------------------------------------------------------
 
 
+#: Starts one replica (database URL, home directory, port); returns a Popen-like handle.
+Launcher = Callable[[str, Path, int], Any]
+
+
 @contextmanager
-def _replicas(url: str, root: Path) -> Iterator[list[tuple[subprocess.Popen[bytes], Client]]]:
+def _replicas(url: str, root: Path, launch: Launcher) -> Iterator[list[tuple[Any, Client]]]:
     started = []
     try:
         for name in ("a", "b"):  # both start at once: start-up is mostly imports
             port = free_port()
-            started.append(
-                (start_replica(url, root / name, port), Client(f"http://127.0.0.1:{port}"))
-            )
+            started.append((launch(url, root / name, port), Client(f"http://127.0.0.1:{port}")))
         for process, client in started:
             wait_ready(client.base, lambda process=process: process.poll() is None)
         yield started
@@ -305,16 +307,25 @@ def _show(events: list[dict[str, Any]]) -> None:
         print(f"  {index:2d} {event['kind']:<18} {event['source']:<6}{shown}")
 
 
-def main() -> None:
-    """Run the two replicas and show who does what."""
+def main(argv: list[str] | None = None, launch: Launcher = start_replica) -> None:
+    """Run the two replicas and show who does what.
+
+    ``launch`` starts one replica (default: ``python -m openhands.agent_server``) and
+    returns a ``subprocess.Popen``-like handle; the tests pass a quicker one.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("SQLSTORE_URL", DEFAULT_URL))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from sqlalchemy.engine import make_url
 
-    print(f"database: {make_url(args.url).render_as_string(hide_password=True)}")
+    url = make_url(args.url)
+    print(f"database: {url.render_as_string(hide_password=True)}")
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).is_absolute():
+        # The replicas run in directories of their own: one file for both of them.
+        url = url.set(database=str(Path(url.database).resolve()))
+    shared = url.render_as_string(hide_password=False)
     llm = ScriptedLLM()
-    with tempfile.TemporaryDirectory() as tmp, _replicas(args.url, Path(tmp)) as replicas:
+    with tempfile.TemporaryDirectory() as tmp, _replicas(shared, Path(tmp), launch) as replicas:
         (server_a, a), (_, b) = replicas
         print(f"replica A: {a.base}   replica B: {b.base}   (two processes, one database)\n")
         workspace = str(Path(tmp) / "workspace")

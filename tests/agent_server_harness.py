@@ -148,6 +148,37 @@ class Replica:
         return False
 
 
+class ZygoteProcess:
+    """A server forked by the zygote, behind the few ``subprocess.Popen`` methods the
+    example uses (see ``launch`` of the example's ``main``)."""
+
+    def __init__(self, zygote: Zygote, url: str, home: Path, port: int) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        env = example.replica_env(url, home)
+        self.pid = zygote.spawn(env, example.server_argv(port), home, home / "server.log")
+
+    def poll(self) -> int | None:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return 0
+        return None
+
+    def send_signal(self, number: int) -> None:
+        os.kill(self.pid, number)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server {self.pid} still runs after {timeout}s")
+            time.sleep(0.05)
+        return 0
+
+
 def send_until_accepted(replica: Replica, conversation_id: str, text: str, timeout: float) -> Any:
     """Send ``text`` to ``replica`` until it stops answering 409; returns (status, seconds)."""
     started = time.monotonic()

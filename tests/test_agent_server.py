@@ -1,18 +1,19 @@
 """The OpenHands agent server on sqlstore, end to end: real server processes, one database.
 
 For each database (SQLite, PostgreSQL, MariaDB, and PostgreSQL behind PgBouncer in
-transaction pooling) three replicas run ``python -m openhands.agent_server
---import-modules sqlstore.agent_server`` on a fresh database that they migrate together
-at start-up: A and B share ``OH_SECRET_KEY``, C has another key. The model is a
-scripted OpenAI-compatible server on 127.0.0.1 (no network). Every replica of every
-database starts at once and serves all the tests of its database; the tests that stop
-or kill a replica come last.
+transaction pooling, for what ownership does) two replicas A and B run ``python -m
+openhands.agent_server --import-modules sqlstore.agent_server`` on a fresh database that
+they migrate together at start-up; on SQLite a third, C, has another ``OH_SECRET_KEY``.
+The model is a scripted OpenAI-compatible server on 127.0.0.1 (no network). Every
+replica of every database starts at once and serves all the tests of its database; the
+tests that stop or kill a replica come last.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import time
 import uuid
@@ -30,13 +31,20 @@ from sqlalchemy.engine import URL, make_url
 
 import sqlstore
 from sqlstore import admin
-from tests.agent_server_harness import Replica, Zygote, example, send_until_accepted
+from tests.agent_server_harness import (
+    Replica,
+    Zygote,
+    ZygoteProcess,
+    example,
+    send_until_accepted,
+)
 from tests.backends import database
 from tests.conftest import _server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 AGENT_BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer")
+DIRECT_BACKENDS = ("sqlite", "postgresql", "mysql")
 #: The issue's bound for a takeover after the owner was killed.
 TAKEOVER_BOUND = 5.0
 #: What each takeover took, by database, printed at the end (``pytest -s``).
@@ -118,19 +126,23 @@ def _selected(request: pytest.FixtureRequest) -> list[str]:
     for item in request.session.items:
         spec = getattr(item, "callspec", None)
         if spec is not None and item.module is request.module:
-            wanted.update(
-                spec.params[name] for name in ("pair", "direct_pair") if name in spec.params
-            )
+            wanted.update(spec.params[name] for name in ("pair",) if name in spec.params)
     return [backend for backend in AGENT_BACKENDS if backend in wanted]
 
 
 @pytest.fixture(scope="module")
+def zygote() -> Iterator[Zygote]:
+    forker = Zygote()
+    yield forker
+    forker.close()
+
+
+@pytest.fixture(scope="module")
 def cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, zygote: Zygote
 ) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("agent-server")
     llm = example.ScriptedLLM()
-    zygote = Zygote()
     replicas: list[Replica] = []
     pairs: dict[str, Pair | str] = {}
     with ExitStack() as stack:
@@ -143,18 +155,13 @@ def cluster(
                     continue
                 (root / backend).mkdir(exist_ok=True)
                 text = url.render_as_string(hide_password=False)
-                a, b, c = (
-                    Replica(zygote, name, text, root / backend / name, key)
-                    for name, key in (
-                        ("a", example.SECRET_KEY),
-                        ("b", example.SECRET_KEY),
-                        ("c", "another-secret-key"),
-                    )
-                )
+                a, b = (Replica(zygote, name, text, root / backend / name) for name in ("a", "b"))
+                # A replica with another OH_SECRET_KEY: one database shows what it does.
+                c = Replica(zygote, "c", text, root / backend / "c", "another-secret-key")
                 engine = sqlstore.create_engine(url)
                 stack.callback(engine.dispose)
                 pairs[backend] = Pair(backend, url, a, b, c, engine, root / "workspace", llm.url)
-                replicas += [a, b, c]
+                replicas += [a, b, c] if backend == "sqlite" else [a, b]
             for replica in replicas:  # all at once: each migrates the fresh database
                 replica.start()
             for replica in replicas:
@@ -165,7 +172,6 @@ def cluster(
                 if replica.pid and replica.alive():
                     replica.signal(signal.SIGCONT)
                     replica.kill()
-            zygote.close()
             llm.close()
             for backend, times in TAKEOVERS.items():
                 print(
@@ -187,10 +193,8 @@ def pair(request: pytest.FixtureRequest, cluster: Cluster) -> Pair:
     return _pair(cluster, request.param)
 
 
-@pytest.fixture(scope="module", params=[b for b in AGENT_BACKENDS if b != "pgbouncer"])
-def direct_pair(request: pytest.FixtureRequest, cluster: Cluster) -> Pair:
-    """The replicas of each database, connected directly (catalog and files)."""
-    return _pair(cluster, request.param)
+#: Catalog and file tests run on the databases connected directly only.
+direct = pytest.mark.parametrize("pair", DIRECT_BACKENDS, indirect=True)
 
 
 def _texts(events: list[dict[str, Any]]) -> list[str]:
@@ -204,7 +208,9 @@ def test_create_and_messages_land_in_the_database(pair: Pair) -> None:
     conversation = pair.create(pair.a, "first message")
     status, _ = pair.a.client.send(conversation, "second message")
     assert status == 200
-    events = pair.a.client.wait_reply(conversation, "second message")
+    pair.a.client.wait_reply(conversation, "second message")
+    pair.wait_quiet(conversation)  # the run's last state updates follow the reply
+    events = pair.a.client.events(conversation)
 
     assert _texts(events) == [
         "first message",
@@ -225,12 +231,13 @@ def test_create_and_messages_land_in_the_database(pair: Pair) -> None:
 # -- two replicas ----------------------------------------------------------------------
 
 
-def test_replicas_list_get_and_read_each_others_conversations(direct_pair: Pair) -> None:
-    on_a = direct_pair.create(direct_pair.a, "made on A")
-    on_b = direct_pair.create(direct_pair.b, "made on B")
-    owners = {on_a: direct_pair.owner(on_a), on_b: direct_pair.owner(on_b)}
+@direct
+def test_replicas_list_get_and_read_each_others_conversations(pair: Pair) -> None:
+    on_a = pair.create(pair.a, "made on A")
+    on_b = pair.create(pair.b, "made on B")
+    owners = {on_a: pair.owner(on_a), on_b: pair.owner(on_b)}
 
-    for reader in (direct_pair.a, direct_pair.b):
+    for reader in (pair.a, pair.b):
         assert {on_a, on_b} <= set(reader.client.conversation_ids())
         status, count = reader.client.call("GET", "/api/conversations/count")
         assert status == 200 and count >= 2
@@ -238,10 +245,10 @@ def test_replicas_list_get_and_read_each_others_conversations(direct_pair: Pair)
             status, info = reader.client.call("GET", f"/api/conversations/{conversation}")
             assert status == 200, info
             assert info["id"] == conversation and info["execution_status"] == "finished"
-    assert direct_pair.b.client.events(on_a) == direct_pair.a.client.events(on_a)
-    assert direct_pair.a.client.events(on_b) == direct_pair.b.client.events(on_b)
+    assert pair.b.client.events(on_a) == pair.a.client.events(on_a)
+    assert pair.a.client.events(on_b) == pair.b.client.events(on_b)
     # Reading claimed nothing.
-    assert {on_a: direct_pair.owner(on_a), on_b: direct_pair.owner(on_b)} == owners
+    assert {on_a: pair.owner(on_a), on_b: pair.owner(on_b)} == owners
 
 
 def test_a_write_to_a_replica_that_does_not_own_the_conversation_is_409(pair: Pair) -> None:
@@ -261,62 +268,66 @@ def test_a_write_to_a_replica_that_does_not_own_the_conversation_is_409(pair: Pa
     pair.a.client.wait_reply(conversation, "from A again")
 
 
+@direct
 def test_eight_conversations_created_at_once_across_both_replicas_are_listed_by_both(
-    direct_pair: Pair,
+    pair: Pair,
 ) -> None:
-    replicas = [direct_pair.a, direct_pair.b] * 4
+    replicas = [pair.a, pair.b] * 4
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [
-            pool.submit(direct_pair.create, replica, f"concurrent {index}")
+            pool.submit(pair.create, replica, f"concurrent {index}")
             for index, replica in enumerate(replicas)
         ]
         created = {future.result(timeout=120) for future in futures}
     assert len(created) == 8
-    for replica in (direct_pair.a, direct_pair.b):
+    for replica in (pair.a, pair.b):
         assert created <= set(replica.client.conversation_ids())
 
 
-def test_a_fork_lands_in_the_database(direct_pair: Pair) -> None:
-    source = direct_pair.create(direct_pair.a, "to be forked")
-    status, fork = direct_pair.a.client.call("POST", f"/api/conversations/{source}/fork", {})
+@direct
+def test_a_fork_lands_in_the_database(pair: Pair) -> None:
+    source = pair.create(pair.a, "to be forked")
+    status, fork = pair.a.client.call("POST", f"/api/conversations/{source}/fork", {})
     assert status == 201, fork
     fork_id = fork["id"]
 
-    files = direct_pair.files(fork_id)
+    files = pair.files(fork_id)
     assert {"meta.json", "base_state.json"} <= set(files)
-    assert [e["id"] for e in direct_pair.stored_events(fork_id)] == [
-        e["id"] for e in direct_pair.stored_events(source)
+    assert [e["id"] for e in pair.stored_events(fork_id)] == [
+        e["id"] for e in pair.stored_events(source)
     ]
-    assert fork_id in direct_pair.b.client.conversation_ids()
-    assert direct_pair.b.client.events(fork_id) == direct_pair.a.client.events(fork_id)
+    assert fork_id in pair.b.client.conversation_ids()
+    assert pair.b.client.events(fork_id) == pair.a.client.events(fork_id)
 
 
-def test_the_trajectory_download_comes_from_the_database(direct_pair: Pair) -> None:
-    conversation = direct_pair.create(direct_pair.a, "download me")
+@direct
+def test_the_trajectory_download_comes_from_the_database(pair: Pair) -> None:
+    conversation = pair.create(pair.a, "download me")
     hex_id = uuid.UUID(conversation).hex
     # B never ran it: it has no directory for it.
-    assert not (direct_pair.b.conversations_dir / hex_id).exists()
-    status, body = direct_pair.b.client.call("GET", f"/api/file/download-trajectory/{conversation}")
+    assert not (pair.b.conversations_dir / hex_id).exists()
+    status, body = pair.b.client.call("GET", f"/api/file/download-trajectory/{conversation}")
     assert status == 200
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     assert f"{hex_id}/meta.json" in names and f"{hex_id}/base_state.json" in names
     events = [n for n in names if n.startswith(f"{hex_id}/events/event-")]
-    assert len(events) == len(direct_pair.stored_events(conversation))
+    assert len(events) == len(pair.stored_events(conversation))
     assert not [n for n in names if ".sqlstore" in n]
-    status, _ = direct_pair.b.client.call("GET", f"/api/file/download-trajectory/{uuid.uuid4()}")
+    status, _ = pair.b.client.call("GET", f"/api/file/download-trajectory/{uuid.uuid4()}")
     assert status == 404
 
 
-def test_delete_removes_the_namespace(direct_pair: Pair) -> None:
-    conversation = direct_pair.create(direct_pair.b, "delete me")
-    assert direct_pair.files(conversation)
-    assert conversation in direct_pair.a.client.conversation_ids()
+@direct
+def test_delete_removes_the_namespace(pair: Pair) -> None:
+    conversation = pair.create(pair.b, "delete me")
+    assert pair.files(conversation)
+    assert conversation in pair.a.client.conversation_ids()
 
-    status, _ = direct_pair.b.client.call("DELETE", f"/api/conversations/{conversation}")
+    status, _ = pair.b.client.call("DELETE", f"/api/conversations/{conversation}")
     assert status == 200
-    assert direct_pair.files(conversation) == []
-    assert conversation not in direct_pair.a.client.conversation_ids()
-    assert direct_pair.a.client.call("GET", f"/api/conversations/{conversation}")[0] == 404
+    assert pair.files(conversation) == []
+    assert conversation not in pair.a.client.conversation_ids()
+    assert pair.a.client.call("GET", f"/api/conversations/{conversation}")[0] == 404
 
 
 def _stock_server_directory(root: Path, llm_url: str, workspace: Path) -> tuple[uuid.UUID, Path]:
@@ -351,32 +362,31 @@ def _stock_server_directory(root: Path, llm_url: str, workspace: Path) -> tuple[
     return conversation_id, directory
 
 
+@direct
 def test_sqlstore_import_of_a_stock_server_directory_carries_meta_and_skips_the_lease(
-    direct_pair: Pair, tmp_path: Path
+    pair: Pair, tmp_path: Path
 ) -> None:
     root = tmp_path / "conversations"
-    conversation_id, directory = _stock_server_directory(
-        root, direct_pair.llm_url, direct_pair.workspace
-    )
+    conversation_id, directory = _stock_server_directory(root, pair.llm_url, pair.workspace)
     assert {"owner_lease.json", ".owner_lease.lock", "meta.json"} <= {
         p.name for p in directory.iterdir()
     }
 
-    report = admin.import_directory(direct_pair.engine, root)
+    report = admin.import_directory(pair.engine, root)
     hex_id = conversation_id.hex
     assert sorted(report.skipped_paths) == [
         f"{hex_id}/.owner_lease.lock (lock file)",
         f"{hex_id}/events/.eventlog.lock (lock file)",
         f"{hex_id}/owner_lease.json (lease file)",
     ]
-    store = sqlstore.SQLFileStore(direct_pair.engine, hex_id)
+    store = sqlstore.SQLFileStore(pair.engine, hex_id)
     assert store.read_bytes("meta.json") == (directory / "meta.json").read_bytes()
 
     # Any replica lists it, and the first to write claims it (no stale lease blocks it).
     conversation = str(conversation_id)
-    assert conversation in direct_pair.b.client.conversation_ids()
-    assert direct_pair.b.client.send(conversation, "after the import")[0] == 200
-    events = direct_pair.b.client.wait_reply(conversation, "after the import")
+    assert conversation in pair.b.client.conversation_ids()
+    assert pair.b.client.send(conversation, "after the import")[0] == 200
+    events = pair.b.client.wait_reply(conversation, "after the import")
     assert _texts(events) == [
         "written by a stock server",
         "after the import",
@@ -387,6 +397,7 @@ def test_sqlstore_import_of_a_stock_server_directory_carries_meta_and_skips_the_
 # -- replicas stopping ------------------------------------------------------------------
 
 
+@direct
 def test_restart_with_a_wiped_directory_resumes_and_continues(pair: Pair) -> None:
     conversation = pair.create(pair.a, "before the restart")
     before = pair.a.client.events(conversation)
@@ -394,12 +405,13 @@ def test_restart_with_a_wiped_directory_resumes_and_continues(pair: Pair) -> Non
     pair.a.terminate()  # SIGTERM: a clean stop gives the conversation up
     assert pair.owner(conversation)["owner"] is None
 
-    # A replica with another OH_SECRET_KEY may claim it, but refuses to run it.
-    status, answer = pair.c.client.send(conversation, "from the wrong key")
-    assert status == 500
-    assert "OH_SECRET_KEY" in answer["exception"], answer
-    assert pair.owner(conversation)["owner"] is None, "the refused replica kept the claim"
-    assert [e["id"] for e in pair.stored_events(conversation)] == [e["id"] for e in before]
+    if pair.backend == "sqlite":
+        # A replica with another OH_SECRET_KEY may claim it, but refuses to run it.
+        status, answer = pair.c.client.send(conversation, "from the wrong key")
+        assert status == 500
+        assert "OH_SECRET_KEY" in answer["exception"], answer
+        assert pair.owner(conversation)["owner"] is None, "the refused replica kept the claim"
+        assert [e["id"] for e in pair.stored_events(conversation)] == [e["id"] for e in before]
 
     pair.a.restart(wipe=True)
     status, info = pair.a.client.call("GET", f"/api/conversations/{conversation}")
@@ -451,3 +463,27 @@ def test_a_killed_owner_is_taken_over_within_the_bound(pair: Pair) -> None:
     assert elapsed <= TAKEOVER_BOUND
     events = pair.b.client.wait_reply(conversation, "after the kill")
     assert _texts(events)[-2:] == ["after the kill", "You said: after the kill"]
+
+
+# -- the example ------------------------------------------------------------------------
+
+
+def test_the_example_shares_a_conversation_and_survives_killing_its_owner(
+    zygote: Zygote,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``examples/agent_server_replicas.py`` as the README runs it (its default, relative
+    SQLite URL), with the replicas forked by the zygote instead of started cold."""
+    monkeypatch.chdir(tmp_path)
+    example.main([], launch=lambda url, home, port: ZygoteProcess(zygote, url, home, port))
+    out = capsys.readouterr().out
+    assert "database: sqlite:///agent-server-demo.db" in out
+    assert "B lists it: True" in out
+    assert "B is refused a write while A owns it: 409" in out
+    took = re.search(r"B took the conversation over (\d+\.\d)s later", out)
+    assert took is not None, out
+    assert float(took.group(1)) <= TAKEOVER_BOUND
+    assert "MessageEvent       agent   'You said: are you still there?'" in out
+    assert (tmp_path / "agent-server-demo.db").is_file()

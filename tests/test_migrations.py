@@ -156,7 +156,7 @@ def test_migrate_from_empty_and_again(empty_url: URL) -> None:
         assert store.read("dir/a.txt") == "hello"
 
 
-MIGRATING_PROCESSES = 4
+MIGRATING_PROCESSES = 3
 
 
 def _migrate_at_once(url: str, ready: Any, results: Any) -> None:
