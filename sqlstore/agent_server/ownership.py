@@ -184,7 +184,9 @@ class Replicas:
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
             try:
-                for owner in list(self._beats):
+                with self._lock:
+                    owners = list(self._beats)
+                for owner in owners:
                     self._beat(owner)
                 self._observe()
             except Exception:
