@@ -80,6 +80,18 @@ def test_install_replaces_the_disk_paths_and_uninstall_puts_every_original_back(
     installation.uninstall()  # twice is harmless
 
 
+def test_installing_again_replaces_the_previous_installation(sqlite_engine: sa.Engine) -> None:
+    before = _originals()
+    first = agent_server.install(sqlite_engine)
+    second = agent_server.install(sqlite_engine)
+    try:
+        assert not first.active and second.active
+        assert event_service.ConversationLease is second.lease_class
+    finally:
+        second.uninstall()
+    assert _originals() == before
+
+
 def test_install_fails_listing_every_server_function_that_differs(
     sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -136,6 +136,9 @@ def install(
     """
     global _active
     modules = _server_modules()
+    with _lock:
+        if _active is not None:  # the checks below look at the server's own code
+            _active.uninstall()
     if "openhands.agent_server.api" in sys.modules:
         raise RuntimeError(
             "sqlstore.agent_server.install() must run before openhands.agent_server.api is "
@@ -162,8 +165,6 @@ def install(
     require_schema(engine)
     replicas = Replicas(engine, heartbeat_interval, dead_after)
     with _lock:
-        if _active is not None:
-            _active.uninstall()
         installation = Installation(engine, replicas, modules)
         installation._routing = route_conversations(engine)
         for patch in patches:
