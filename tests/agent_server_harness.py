@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -78,9 +79,10 @@ class Replica:
         self.url = url
         self.home = home
         self.secret_key = secret_key
-        self.port = example.free_port()
+        self.port = _unused_port()
         self.client = example.Client(f"http://127.0.0.1:{self.port}")
         self.pid = 0
+        self.marker = ""
 
     @property
     def conversations_dir(self) -> Path:
@@ -91,15 +93,35 @@ class Replica:
         """Start the process (without waiting for it to serve)."""
         self.home.mkdir(parents=True, exist_ok=True)
         env = example.replica_env(self.url, self.home, self.secret_key)
+        # Shown by /server_info: proves that what answers on the port is this process.
+        self.marker = env["OPENHANDS_BUILD_GIT_SHA"] = f"replica-{uuid.uuid4().hex}"
         argv = example.server_argv(self.port)
         self.pid = self.zygote.spawn(env, argv, self.home, self.home / "server.log")
 
     def wait_ready(self, timeout: float = 300.0) -> None:
-        """Wait until it serves; its log is in the error if it died."""
-        try:
-            example.wait_ready(self.client.base, self.alive, timeout)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"replica {self.name}: {exc}\n{self.log_tail()}") from exc
+        """Wait until it serves; its log is in the error if it died.
+
+        A port picked free may be taken by another process before the server binds it:
+        then the server starts again on another port.
+        """
+        for attempt in range(3):
+            try:
+                example.wait_ready(self.client.base, self.alive, timeout)
+                status, info = self.client.call("GET", "/server_info")
+                if status == 200 and info.get("build_git_sha") == self.marker:
+                    return
+                problem = f"another server answers on port {self.port}"
+            except (RuntimeError, TimeoutError) as exc:
+                problem = str(exc)
+            taken = "another server answers" in problem or "address already in use" in (
+                self.log_tail().lower()
+            )
+            if not taken or attempt == 2:
+                raise RuntimeError(f"replica {self.name}: {problem}\n{self.log_tail()}")
+            self.kill()
+            self.port = _unused_port()
+            self.client = example.Client(f"http://127.0.0.1:{self.port}")
+            self.start()
 
     def alive(self) -> bool:
         """Whether the process exists (a stopped one does)."""
@@ -177,6 +199,18 @@ class ZygoteProcess:
                 raise TimeoutError(f"server {self.pid} still runs after {timeout}s")
             time.sleep(0.05)
         return 0
+
+
+_handed_out: set[int] = set()
+
+
+def _unused_port() -> int:
+    """A free port not handed to another replica of this session already."""
+    while True:
+        port = example.free_port()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def send_until_accepted(replica: Replica, conversation_id: str, text: str, timeout: float) -> Any:
