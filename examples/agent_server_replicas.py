@@ -304,7 +304,7 @@ def _show(events: list[dict[str, Any]]) -> None:
         if event["kind"] == "ConversationStateUpdateEvent":
             continue
         shown = f"  {text!r}" if text else ""
-        print(f"  {index:2d} {event['kind']:<18} {event['source']:<6}{shown}")
+        print(f"  {index:2d} {event['kind']:<18} {event['source']:<6}{shown}".rstrip())
 
 
 def main(argv: list[str] | None = None, launch: Launcher = start_replica) -> None:
