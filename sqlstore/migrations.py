@@ -71,9 +71,11 @@ def migrate(
 ) -> None:
     """Upgrade the sqlstore schema of a database to ``revision`` (default: the newest).
 
-    Safe to call on every start-up: a database already at ``revision`` is left as it
-    is. Only sqlstore's tables and its version table ``sqlstore_alembic_version`` are
-    touched, so the database may hold an application's own tables and Alembic history.
+    Safe to call on every start-up, also from several processes at once (replicas
+    starting together): a database lock serialises them, and a database already at
+    ``revision`` is left as it is. Only sqlstore's tables and its version table
+    ``sqlstore_alembic_version`` are touched, so the database may hold an application's
+    own tables and Alembic history.
 
     Args:
         url_or_engine: A database URL or an engine.
@@ -85,6 +87,7 @@ def migrate(
     Raises:
         ValueError: ``partitions`` is invalid, or the database cannot partition tables.
         SchemaError: ``revision`` is unknown.
+        LockTimeoutError: another process kept migrating the database for 10 minutes.
         DatabaseError: the database failed.
     """
     from alembic import command
@@ -121,19 +124,24 @@ def _run(
         db = database_for(conn.engine)
         if partitions is not None:
             db.strategy.check_layout(partitions)  # before anything changes
-        with db.converting():
+        # Replicas that start together each migrate: a database lock serialises them,
+        # and whoever waited finds the schema at head and does nothing.
+        with db.converting(), db.strategy.schema_lock(conn, SCHEMA_LOCK_TIMEOUT):
             config = alembic_config()
             config.attributes["connection"] = conn
             try:
                 action(config)
             except CommandError as exc:  # e.g. an unknown revision
                 raise SchemaError(f"{db.safe_url}: {exc}") from exc
-            conn.commit()
             if partitions is not None:
-                with conn.begin():
-                    db.strategy.repartition(conn, partitions)
+                db.strategy.repartition(conn, partitions)
+            conn.commit()
         # Stores on this engine check the schema again on their next call.
         db.forget_schema()
+
+
+#: Seconds a migration waits for another process's migration of the same database.
+SCHEMA_LOCK_TIMEOUT = 600
 
 
 def partitions(url_or_engine: str | URL | Engine) -> int:

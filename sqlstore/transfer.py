@@ -93,10 +93,17 @@ class _Writer:
 # -- import ----------------------------------------------------------------------------
 
 
+#: The stock agent server's ownership lease (``owner_lease.json``, written through
+#: ``owner_lease.tmp``): on sqlstore, ownership is kept in the database instead.
+_LEASE_FILES = frozenset({"owner_lease.json", "owner_lease.tmp"})
+
+
 def _skip_reason(name: str) -> str | None:
     """Why a file of this name is not conversation state, or ``None``."""
     if name.endswith(".lock"):
         return "lock file"  # filelock's, e.g. events/.eventlog.lock; empty, never read
+    if name in _LEASE_FILES:
+        return "lease file"
     if name.startswith(".") and name.endswith(".tmp"):
         return "temporary file"  # an interrupted atomic write of the SDK
     return None
@@ -142,8 +149,10 @@ def import_directory(
     :func:`sqlstore.sdk.namespace_for` does). With ``namespace``, ``directory`` is
     one tree imported into that namespace.
 
-    Bytes are copied exactly. Lock files (``*.lock``, left by the SDK's file locks) and
-    interrupted atomic writes (``.*.tmp``) are skipped, as are symlinks. A file already
+    Bytes are copied exactly. Lock files (``*.lock``, left by the SDK's file locks),
+    interrupted atomic writes (``.*.tmp``) and the agent server's lease files
+    (``owner_lease.json``) are skipped, as are symlinks; the server's ``meta.json`` is
+    imported like the SDK's files. A file already
     identical in the database is not written again, so importing twice changes nothing.
     Written files take their modification time on disk as ``created_at``/``updated_at``,
     so :func:`sqlstore.retention.purge` judges imported conversations by their real age.

@@ -5,6 +5,7 @@ coexistence with an application's own Alembic, the schema check of stores, the
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -153,6 +154,41 @@ def test_migrate_from_empty_and_again(empty_url: URL) -> None:
     assert _versions(empty_url) == [_head()]
     with sqlstore.SQLFileStore.from_url(empty_url, "ns") as store:
         assert store.read("dir/a.txt") == "hello"
+
+
+MIGRATING_PROCESSES = 3
+
+
+def _migrate_at_once(url: str, ready: Any, results: Any) -> None:
+    """One replica starting up: wait until every process is ready, then migrate."""
+    try:
+        ready.wait(timeout=60)
+        sqlstore.migrate(url)
+        results.put("ok")
+    except BaseException as exc:
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.slow
+def test_processes_migrating_a_fresh_database_at_once_all_end_at_head(empty_url: URL) -> None:
+    """Replicas start together and each migrates: a database lock serialises them."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(MIGRATING_PROCESSES)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_migrate_at_once, args=(_url_arg(empty_url), ready, results))
+        for _ in range(MIGRATING_PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    outcomes = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    assert outcomes == ["ok"] * MIGRATING_PROCESSES
+    assert _versions(empty_url) == [_head()]
+    assert _tables(empty_url) >= {*SQLSTORE_TABLES, schema.VERSION_TABLE}
+    assert _diffs(empty_url) == []
+    _write_read(empty_url)
 
 
 # -- 3. no drift between migrations and model ------------------------------------------

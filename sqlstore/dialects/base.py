@@ -16,6 +16,7 @@ Literal SQL here is written in the dialect's DBAPI parameter style.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -192,6 +193,21 @@ class DialectStrategy(ABC):
         """Commit or roll back the open transaction, then release session-level locks."""
         conn.sql("COMMIT" if commit else "ROLLBACK")
 
+    # -- schema changes ------------------------------------------------------------
+
+    @contextmanager
+    def schema_lock(self, conn: Connection, timeout: float) -> Iterator[None]:
+        """Hold the database's schema lock: migrations of one database run one at a time.
+
+        Args:
+            conn: The migration's connection (a SQLAlchemy ``Connection``).
+            timeout: Seconds to wait for another process's migration to end.
+
+        Raises:
+            LockTimeoutError: the lock was not free within ``timeout``.
+        """
+        yield
+
     # -- layout --------------------------------------------------------------------
 
     def partitions(self, conn: Connection) -> int:
@@ -233,6 +249,12 @@ class DialectStrategy(ABC):
 TABLES = ("sqlstore_files", "sqlstore_chunks")
 #: The most hash partitions a layout may have.
 MAX_PARTITIONS = 1024
+
+
+def schema_lock_key(conn: Connection) -> bytes:
+    """An 8-byte digest naming the schema lock of ``conn``'s database."""
+    database = (conn.engine.url.database or "").encode("utf-8")
+    return hashlib.blake2b(database, digest_size=8, person=b"sqlstore-ddl").digest()
 
 
 def check_partitions(count: int) -> int:

@@ -11,7 +11,7 @@ from sqlalchemy import ColumnElement, Connection, Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
 
 from ..errors import DatabaseError, LockTimeoutError
-from .base import TABLES, DialectStrategy, check_partitions, timeout_seconds
+from .base import TABLES, DialectStrategy, check_partitions, schema_lock_key, timeout_seconds
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -144,6 +144,23 @@ class MySQLStrategy(DialectStrategy):
         finally:
             if keys:
                 conn.sql("SELECT RELEASE_ALL_LOCKS()")
+
+    @contextmanager
+    def schema_lock(self, conn: Connection, timeout: float) -> Iterator[None]:
+        # A session lock: MySQL commits DDL at once, so each migration runs in
+        # transactions of its own while this session holds the lock.
+        name = f"sqlstore-ddl-{schema_lock_key(conn).hex()}"
+        with self.read_timeout(conn.connection.dbapi_connection, None):
+            got = conn.exec_driver_sql("SELECT GET_LOCK(%s, %s)", (name, timeout)).scalar()
+        conn.commit()
+        if got != 1:
+            raise LockTimeoutError(f"another process kept migrating this database for {timeout}s")
+        try:
+            yield
+        finally:
+            conn.rollback()
+            conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (name,))
+            conn.commit()
 
     def partitions(self, conn: Connection) -> int:
         found = conn.exec_driver_sql(

@@ -13,7 +13,14 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
-from .base import TABLES, DialectStrategy, check_partitions, timeout_ms, timeout_seconds
+from .base import (
+    TABLES,
+    DialectStrategy,
+    check_partitions,
+    schema_lock_key,
+    timeout_ms,
+    timeout_seconds,
+)
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -157,19 +164,38 @@ class PostgreSQLStrategy(DialectStrategy):
         """Let one statement that waits ``wait`` seconds in the server take that much longer."""
         return self.read_timeout(conn.dbapi, self.timeouts.read + timeout_seconds(wait))
 
+    @classmethod
+    def _lock_sql(cls, key: bytes, timeout: float) -> str:
+        return cls._lock_sql_key(advisory_key(key), timeout)
+
     @staticmethod
-    def _lock_sql(key: bytes, timeout: float) -> str:
+    def _lock_sql_key(key: int, timeout: float) -> str:
         # The target list is evaluated left to right, so the timeout is in force when
         # the lock wait starts; SET LOCAL semantics end it with the transaction.
         return (
             f"SELECT set_config('lock_timeout', '{timeout_ms(timeout)}ms', true),"
-            f" pg_advisory_xact_lock({advisory_key(key)})"
+            f" pg_advisory_xact_lock({key})"
         )
 
     @staticmethod
     def _try(conn: PooledConnection, key: bytes) -> None:
         if not conn.sql(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"):
             raise LockTimeoutError("lock is held by another session (timeout=0)")
+
+    @contextmanager
+    def schema_lock(self, conn: Connection, timeout: float) -> Iterator[None]:
+        # Transaction-scoped (safe behind PgBouncer): the migrations then run inside
+        # this transaction, and its commit releases the lock.
+        key = int.from_bytes(schema_lock_key(conn), "big", signed=True)
+        try:
+            conn.exec_driver_sql(self._lock_sql_key(key, timeout))
+        except Exception as exc:
+            if self.is_busy(getattr(exc, "orig", exc)):
+                raise LockTimeoutError(
+                    f"another process kept migrating this database for {timeout}s"
+                ) from exc
+            raise
+        yield
 
     def partitions(self, conn: Connection) -> int:
         found = conn.exec_driver_sql(

@@ -6,11 +6,12 @@ lock block and every write on that file, whatever its path. Readers never wait (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import URL
 
@@ -128,6 +129,12 @@ class SQLiteStrategy(DialectStrategy):
             raise
         finally:
             conn.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+
+    @contextmanager
+    def schema_lock(self, conn: Connection, timeout: float) -> Iterator[None]:
+        # The database's write lock, waited for under busy_timeout, held to the commit.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        yield
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         """The transaction already holds the database's only write lock."""
