@@ -171,36 +171,24 @@ class SQLFileStore:
         sql = self._sql
         write = sql.write(len(ancestor_ids))
 
-        def run(conn: PooledConnection) -> int:
+        def run(conn: PooledConnection) -> None:
+            # A tree rule that forbids the write makes it fail in the database (see
+            # Statements.write): inside a lock block, possibly only when the block ends.
             if len(pieces) == 1:
                 # One statement, also where contents may be chunked: readers use only
                 # the chunks the row counts, so chunks a larger version left behind are
                 # never read; the next chunked write or the delete removes them.
-                return conn.rowcount(write, params)
-            with conn.transaction():
-                written = conn.rowcount(write, params)
-                conn.rowcount(sql.delete_chunks, {"ns": ns, "fid": fid})
-                for seq, piece in enumerate(pieces[1:] if written else [], start=1):
-                    conn.rowcount(
-                        sql.insert_chunk, {"ns": ns, "fid": fid, "seq": seq, "data": piece}
-                    )
-                return written
-
-        def blocking_file(conn: PooledConnection) -> bool:
-            return any(conn.first(sql.is_file, {"ns": ns, "fid": a}) for a in ancestor_ids)
-
-        for _ in range(3):
-            written = self._db.run(run)
-            self._written()
-            if written:
+                conn.defer(write, params, path)
                 return
-            # Nothing was written: find out which tree rule refused it.
-            if self._db.run(blocking_file):
-                raise FileExistsError(f"a parent directory of {path!r} is a file")
-            if self._is_dir(path_n):
-                raise IsADirectoryError(f"{path!r} is a directory")
-            # Another writer removed the obstacle in between: try again.
-        raise IsADirectoryError(f"{path!r} kept changing between a file and a directory")
+            with conn.transaction():
+                conn.defer(write, params, path)
+                conn.defer(sql.delete_chunks, {"ns": ns, "fid": fid}, path)
+                for seq, piece in enumerate(pieces[1:], start=1):
+                    chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}
+                    conn.defer(sql.insert_chunk, chunk, path)
+
+        self._db.run(run)
+        self._written()
 
     def read(self, path: str) -> str:
         """Return the file's content decoded as UTF-8.
@@ -380,11 +368,11 @@ class SQLFileStore:
 
         def run(conn: PooledConnection) -> None:
             if not chunked:
-                conn.rowcount(delete, params)
+                conn.defer(delete, params, path)
                 return
             with conn.transaction():
-                conn.rowcount(delete_chunks, params)
-                conn.rowcount(delete, params)
+                conn.defer(delete_chunks, params, path)
+                conn.defer(delete, params, path)
 
         self._db.run(run)
         self._written()
