@@ -199,7 +199,12 @@ class Statements:
         kind = literal_column
         # Direct files need only their names; a typed NULL spares decoding the key per row.
         no_parent = sql_cast(null(), DirKey)
-        direct = select(kind("1"), _f.name, no_parent).where(_ns, _f.parent == bindparam("key"))
+        # In name order: rows come sorted, and the planner takes the listing index even
+        # without statistics (the primary key also leads with the namespace).
+        direct_names = (
+            select(_f.name).where(_ns, _f.parent == bindparam("key")).order_by(_f.name).subquery()
+        )
+        direct = select(kind("1"), direct_names.c.name, no_parent)
         itself = select(kind("2"), _f.name, _f.parent).where(by_id)
 
         def first_subdir(where: Any) -> Select[Any]:

@@ -8,6 +8,7 @@ blocks, retries, errors) → :mod:`sqlstore.dialects`. It names no database.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -297,20 +298,20 @@ class SQLFileStore:
                 retried: the SDK treats any error here as an empty directory).
         """
         path_n = paths.normalize(path)
-        entries = self._db.run(lambda conn: self._list(conn, path_n))
-        if entries is None:
+        children = self._db.run(lambda conn: self._list(conn, path_n))
+        if children is None:
             return [path]
-        if entries:
+        if children:
             self._ahead.listed(path_n)
         # posixpath.join(path, name), spelled out: it runs once per child.
         prefix = path if not path or path.endswith("/") else path + "/"
-        return [
-            prefix + name + "/" if is_dir else prefix + name
-            for name, is_dir in sorted(entries.items())
-        ]
+        return [prefix + name for name in children]
 
-    def _list(self, conn: PooledConnection, path_n: str) -> dict[str, bool] | None:
-        """Map each child name to whether it is a directory; ``None`` if a file."""
+    def _list(self, conn: PooledConnection, path_n: str) -> builtins.list[str] | None:
+        """The directory's children by name, directories with a trailing ``/``.
+
+        ``None`` if ``path_n`` is a file.
+        """
         ns = self._namespace
         sql = self._sql
         low, high = paths.strict_subdir_range(path_n)
@@ -322,24 +323,31 @@ class SQLFileStore:
             params.update(high=high, fid=paths.file_id(ns, path_n))
             rows = conn.all(sql.list_dir, params)
             probe = sql.next_subdir
-        entries: dict[str, bool] = {}
+        files: builtins.list[str] = []
         subdir: bytes | None = None
         for kind, name, parent in rows:
-            if kind == 2:
-                return None
             if kind == 1:
-                entries[name] = False
+                files.append(name)
+            elif kind == 2:
+                return None
             else:
                 subdir = bytes(parent)
+        if subdir is None:
+            files.sort()  # already in order, almost always: a linear pass
+            return files
         # Skip from one child directory to the next: one index probe per directory,
         # however many files each holds.
+        dirs: builtins.list[str] = []
         while subdir is not None:
             child = paths.child_dir_of(path_n, subdir)
-            entries[child] = True
+            dirs.append(child)
             params["low"] = paths.after_child_dir(path_n, child)
             row = conn.first(probe, params)
             subdir = None if row is None else bytes(row[1])
-        return entries
+        # A file and a directory never share a name: sort by name, then mark the dirs.
+        marked = [(name, name) for name in files] + [(name, name + "/") for name in dirs]
+        marked.sort()
+        return [shown for _, shown in marked]
 
     def delete(self, path: str) -> None:
         """Delete a file, or a directory with everything below it; missing is a no-op.
