@@ -53,6 +53,8 @@ class Block:
         owner: The thread and task that opened it.
         pid: The process that opened it.
         when_done: Callbacks to run once the block has committed or rolled back.
+        failed: The error of a statement that failed in the block, if one did: the
+            block then rolls back when it ends, whatever the caller made of the error.
     """
 
     conn: PooledConnection
@@ -61,6 +63,7 @@ class Block:
     owner: Owner = field(default_factory=owner)
     pid: int = field(default_factory=os.getpid)
     when_done: list[Callable[[], None]] = field(default_factory=list)
+    failed: Exception | None = None
 
     @property
     def inherited(self) -> bool:

@@ -4,6 +4,14 @@ Stores borrow a :class:`PooledConnection` for each call (or keep one for a lock 
 and give it back at once, so thousands of stores share an engine's few connections.
 It is the lowest layer: it runs what it is given and knows nothing of retries or of
 which errors mean what (that is :mod:`sqlstore.database`).
+
+Statements whose answer nobody waits for — the writes and deletes of a lock block or
+of a multi-statement transaction — are handed to :meth:`PooledConnection.defer`. Where
+the dialect can send statements ahead (:class:`Deferral`: PostgreSQL's pipeline mode,
+MySQL's multi-statement packets), they travel together with the next statement that
+needs an answer, at the latest with the ``COMMIT``: one round trip for all of them. A
+deferred statement that fails is reported then, as
+:class:`~sqlstore.deferral.StatementFailed`.
 """
 
 from __future__ import annotations
@@ -14,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
+from .deferral import Deferral, Params, StatementFailed
 from .statements import Statement
 
 if TYPE_CHECKING:
     from .dialects import DialectStrategy
 
-Params = Mapping[str, Any] | None
+__all__ = ["Deferral", "Params", "PooledConnection", "StatementFailed"]
 
 
 class PooledConnection:
@@ -29,15 +38,17 @@ class PooledConnection:
         raw: SQLAlchemy's proxy of the pooled DBAPI connection.
         in_block: Whether it carries a lock block's transaction (then
             :meth:`transaction` adds nothing: the block commits or rolls back whole).
+        deferral: How deferred statements travel now; ``None``: one at a time.
     """
 
-    __slots__ = ("_restore", "_strategy", "closed", "in_block", "raw")
+    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw")
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
         self._strategy = strategy
         self.closed = False
         self.in_block = False
+        self.deferral: Deferral | None = None
         # Engines not created in autocommit mode get it for the duration of the
         # checkout, and their original mode back on return.
         self._restore = strategy.enter_autocommit(raw.dbapi_connection)
@@ -47,15 +58,42 @@ class PooledConnection:
         """The driver's connection object."""
         return self.raw.dbapi_connection
 
-    def execute(self, statement: Statement, params: Params = None) -> Any:
-        """Run a compiled statement; returns the DBAPI cursor (closed by the caller)."""
+    def defer(self, statement: Statement, params: Params = None, label: str | None = None) -> None:
+        """Run a write or delete whose answer the caller does not wait for.
+
+        Without a :attr:`deferral` it runs at once. Either way a failure is raised as
+        :class:`StatementFailed`, carrying ``label``.
+        """
+        if self.deferral is not None:
+            self.deferral.defer(statement, params, label)
+            return
         cursor = self.raw.cursor()
         try:
             cursor.execute(statement.sql, statement.args(params))
+        except Exception as exc:
+            raise StatementFailed(exc, label) from exc
+        finally:
+            cursor.close()
+
+    def execute(self, statement: Statement, params: Params = None) -> Any:
+        """Run a compiled statement; returns the DBAPI cursor (closed by the caller)."""
+        if self.deferral is not None:
+            self.deferral.before_read()
+        cursor = self.raw.cursor()
+        try:
+            cursor.execute(statement.sql, statement.args(params))
+        except Exception as exc:
+            cursor.close()
+            self._read_failed(exc)
+            raise
         except BaseException:
             cursor.close()
             raise
         return cursor
+
+    def _read_failed(self, exc: Exception) -> None:
+        if self.deferral is not None:
+            self.deferral.read_failed(exc)
 
     def rowcount(self, statement: Statement, params: Params = None) -> int:
         """Run a DML statement and return the number of rows it changed."""
@@ -68,6 +106,8 @@ class PooledConnection:
 
     def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run a DML statement once per parameter set (the driver's ``executemany``)."""
+        if self.deferral is not None:
+            self.deferral.settle()
         cursor = self.raw.cursor()
         try:
             args: list[Any] = [statement.args(row) for row in rows]
@@ -80,6 +120,9 @@ class PooledConnection:
         cursor = self.execute(statement, params)
         try:
             row = cursor.fetchone()
+        except Exception as exc:
+            self._read_failed(exc)
+            raise
         finally:
             cursor.close()
         return None if row is None else statement.convert(row)
@@ -89,16 +132,21 @@ class PooledConnection:
         cursor = self.execute(statement, params)
         try:
             rows: list[Sequence[Any]] = cursor.fetchall()
+        except Exception as exc:
+            self._read_failed(exc)
+            raise
         finally:
             cursor.close()
         return rows if statement.plain else [statement.convert(row) for row in rows]
 
     def sql(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
-        """Run literal SQL written in the driver's parameter style.
+        """Run literal SQL written in the driver's parameter style, waiting for its answer.
 
         Returns:
             The first column of the first row, if the statement returns rows.
         """
+        if self.deferral is not None:
+            self.deferral.settle()
         cursor = self.raw.cursor()
         try:
             if params is None:
@@ -116,24 +164,35 @@ class PooledConnection:
     def transaction(self) -> Iterator[None]:
         """A transaction around multi-statement work; inside a lock block, nothing to add.
 
-        If the work raises, the transaction is rolled back and the work's error raised;
-        a rollback that fails too (the connection died) discards the connection and
-        never hides the first error.
+        Deferred statements inside it may travel with its ``COMMIT``. If the work
+        raises, or a deferred statement fails, the transaction is rolled back and that
+        error raised; a rollback that fails too (the connection died) discards the
+        connection and never hides the first error.
         """
         if self.in_block:
             yield
             return
-        self._strategy.begin(self)
+        self.deferral = self._strategy.deferral(self, begin=True)
+        if self.deferral is None:
+            self._strategy.begin(self)
         try:
             yield
+            if self.deferral is not None:
+                self.deferral.commit()
+            else:
+                self._strategy.end(self, commit=True)
         except BaseException:
             self.rollback_quietly()
             raise
-        self._strategy.end(self, commit=True)
+        finally:
+            self.deferral = None
 
     def rollback_quietly(self) -> None:
         """Roll back the open transaction; if even that fails, discard the connection."""
         try:
+            if self.deferral is not None:
+                self.deferral.discard()
+                self.deferral = None
             self._strategy.end(self, commit=False)
         except Exception as exc:
             self.invalidate(exc)
@@ -142,6 +201,10 @@ class PooledConnection:
         """Give the connection back to the pool."""
         if self.closed:
             return
+        if self.deferral is not None:  # never hand a connection in pipeline mode on
+            self.rollback_quietly()
+            if self.closed:
+                return
         self.closed = True
         try:
             if self._restore is not None and self.raw.is_valid:

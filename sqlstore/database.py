@@ -33,7 +33,7 @@ from sqlalchemy.engine import URL
 
 from . import blocks, forking, pooling
 from .blocks import Block
-from .connection import PooledConnection
+from .connection import PooledConnection, StatementFailed
 from .dialects import DialectStrategy, strategy_for
 from .dialects.base import timeout_seconds
 from .errors import (
@@ -45,7 +45,7 @@ from .errors import (
 )
 from .pooling import Timeouts
 from .schema import SCHEMA_REVISION, VERSION_TABLE
-from .statements import Statement, Statements
+from .statements import REFUSALS, Statement, Statements
 
 T = TypeVar("T")
 
@@ -128,10 +128,15 @@ class Database:
             )
         try:
             return work(conn)
-        except self._dbapi_error as exc:
-            if self._is_disconnect(exc, conn) or self.strategy.is_timeout(exc):
-                self._discard(conn, exc)
-            raise self.translate(exc) from exc
+        except (self._dbapi_error, StatementFailed) as exc:
+            error, label = _unwrap(exc)
+            if self._is_disconnect(error, conn) or self.strategy.is_timeout(error):
+                self._discard(conn, error)
+            # A failed statement spoils the block (PostgreSQL aborts its transaction):
+            # even if the caller goes on, the block rolls back when it ends.
+            translated = self.translate(error, label=label)
+            block.failed = block.failed or translated
+            raise translated from error
 
     def _attempts(
         self,
@@ -150,10 +155,11 @@ class Database:
                 if check_schema:
                     self.check_schema(conn)
                 result = work(conn)
-            except self._dbapi_error as exc:
-                retry = self._recover(conn, exc)
+            except (self._dbapi_error, StatementFailed) as exc:
+                error, label = _unwrap(exc)
+                retry = self._recover(conn, error)
                 if not retry or attempt + 1 == RETRY_ATTEMPTS:
-                    raise self.translate(exc, acquiring=acquiring) from exc
+                    raise self.translate(error, acquiring=acquiring, label=label) from error
             except sqlalchemy.exc.TimeoutError as exc:  # no pooled connection became free
                 raise self._pool_timeout(exc, acquiring) from exc
             except BaseException as exc:
@@ -243,6 +249,8 @@ class Database:
         def begin(conn: PooledConnection) -> PooledConnection:
             left = timeout if at is None else max(0.0, at - time.monotonic())
             self.strategy.begin_locked(conn, key, left)
+            # From here the block's writes travel ahead of the answers (if the dialect can).
+            conn.deferral = self.strategy.deferral(conn, begin=False)
             return conn
 
         # Nothing has happened yet, so a connection that turns out dead (the server
@@ -255,8 +263,8 @@ class Database:
             with blocks.entered(self, block):
                 try:
                     yield
-                except BaseException:
-                    self._end(block, commit=False)
+                except BaseException as exc:
+                    self._roll_back(block, exc)
                     raise
             self._end(block, commit=True)
         finally:
@@ -278,18 +286,48 @@ class Database:
                         "nothing of the block was committed"
                     )
                 return
+            spoiled = block.failed if commit else None
             try:
-                self.strategy.end(conn, commit=commit, keys=block.held)
-            except BaseException as exc:
-                # The transaction's fate is unknown and session locks may still be held:
-                # never hand this connection to anyone else.
+                self._finish(conn, commit=commit and spoiled is None, keys=block.held)
+            except StatementFailed as failed:
+                # A write sent ahead failed: nothing was committed; roll back, report it.
+                self._finish(conn, commit=False, keys=block.held)
+                raise self.translate(failed.error, label=failed.label) from failed.error
+            if spoiled is not None:
+                raise DatabaseError(
+                    f"the lock block was rolled back: a statement in it failed ({spoiled})"
+                ) from spoiled
+        except (self._dbapi_error, StatementFailed) as exc:
+            # The transaction's fate is unknown and session locks may still be held:
+            # never hand this connection to anyone else.
+            conn.invalidate(exc)
+            raise self.translate(_unwrap(exc)[0]) from exc
+        except BaseException as exc:
+            if not isinstance(exc, SQLStoreError | OSError):
                 conn.invalidate(exc)
-                if isinstance(exc, self._dbapi_error):
-                    raise self.translate(exc) from exc
-                raise
+            raise
         finally:
             for callback in block.when_done:
                 callback()
+
+    def _roll_back(self, block: Block, cause: BaseException) -> None:
+        """End the block by rolling back; the body's own exception ``cause`` is what counts."""
+        try:
+            self._end(block, commit=False)
+        except Exception as exc:  # the connection is discarded; `cause` is raised
+            cause.__context__ = cause.__context__ or exc
+
+    def _finish(self, conn: PooledConnection, *, commit: bool, keys: set[bytes]) -> None:
+        """Commit (everything deferred with it) or roll back, then release session locks."""
+        deferral, conn.deferral = conn.deferral, None
+        if deferral is not None:
+            if commit:
+                conn.deferral = deferral  # it ends itself once it has sent the COMMIT
+                deferral.commit(self.strategy.after_commit(keys))
+                conn.deferral = None
+                return
+            deferral.discard()
+        self.strategy.end(conn, commit=commit, keys=keys)
 
     @contextmanager
     def _nested(self, block: Block, key: bytes, timeout: float) -> Iterator[None]:
@@ -300,17 +338,22 @@ class Database:
         def sql(statement: str) -> None:
             self._in_block(block, lambda c: c.sql(statement))
 
+        def undo(failed_before: Exception | None) -> None:
+            if not conn.closed:
+                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                block.failed = failed_before  # what failed in it was undone with it
+
         try:
             # The lock is taken in a savepoint of its own, released at once: a failed
             # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
             # taken lock belongs to the enclosing transaction, so rolling the block back
             # below does not release it before the outermost block ends.
+            failed_before = block.failed
             sql(f"SAVEPOINT {savepoint}")
             try:
                 self._in_block(block, lambda c: self.strategy.acquire_nested(c, key, timeout))
             except BaseException:
-                if not conn.closed:
-                    sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                undo(failed_before)
                 raise
             sql(f"RELEASE SAVEPOINT {savepoint}")
             block.held.add(key)
@@ -318,8 +361,7 @@ class Database:
             try:
                 yield
             except BaseException:
-                if not conn.closed:
-                    sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                undo(failed_before)
                 raise
             sql(f"RELEASE SAVEPOINT {savepoint}")
         finally:
@@ -395,17 +437,23 @@ class Database:
 
     # -- errors ----------------------------------------------------------------------
 
-    def translate(self, exc: BaseException, *, acquiring: bool = False) -> Exception:
+    def translate(
+        self, exc: BaseException, *, acquiring: bool = False, label: str | None = None
+    ) -> Exception:
         """The sqlstore exception for a driver error (the one place errors are converted).
 
         Args:
             exc: The driver's (or SQLAlchemy's) exception.
             acquiring: Whether a lock was being acquired (a timeout is then the lock's).
+            label: The path the failed statement wrote, if it was a write.
         """
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
             exc = exc.orig
         if isinstance(exc, sqlalchemy.exc.TimeoutError):
             return self._pool_timeout(exc, acquiring)
+        refused = REFUSALS.get(self.strategy.refused_column(exc) or "")
+        if refused is not None:
+            return refused(label or "the path")
         text = f"{self.name} error on {self.safe_url}: {type(exc).__name__}: {exc}"
         if self.strategy.is_busy(exc):
             return LockTimeoutError(f"lock wait timed out on {self.name}: {exc}")
@@ -442,6 +490,13 @@ class Database:
         # The parent's pool and connections stay referenced, never closed, here.
         forking.keep(self.engine.pool)
         self.engine.dispose(close=False)
+
+
+def _unwrap(exc: Exception) -> tuple[Exception, str | None]:
+    """The driver error behind ``exc``, and the label of the statement that raised it."""
+    if isinstance(exc, StatementFailed):
+        return exc.error, exc.label
+    return exc, None
 
 
 def safe_url(url: URL) -> str:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     insert,
@@ -43,6 +44,12 @@ Processor = Callable[[Any], Any]
 
 #: Files larger than this are never read ahead (the query leaves them out).
 READ_AHEAD_MAX_SIZE = 256 << 10
+
+#: What a write refused by a tree rule raises, by the column the rule made NULL.
+REFUSALS: dict[str, Callable[[str], OSError]] = {
+    "content": lambda path: FileExistsError(f"a parent directory of {path!r} is a file"),
+    "size": lambda path: IsADirectoryError(f"{path!r} is a directory"),
+}
 
 
 class Statement:
@@ -169,7 +176,6 @@ class Statements:
         head = select(literal_column("0").label("seq"), _f.content.label("data"))
         both = union_all(head.where(by_id), counted.where(by_id)).subquery()
         self.read_chunked = compile_(select(both.c.data).order_by(both.c.seq))
-        self.is_file = compile_(select(_f.file_id).where(by_id))
         # Read-ahead: the next files of a directory, down or up from a name. Large and
         # chunked files are left out by the query itself, never fetched to be dropped.
         ahead = (
@@ -193,7 +199,12 @@ class Statements:
         kind = literal_column
         # Direct files need only their names; a typed NULL spares decoding the key per row.
         no_parent = sql_cast(null(), DirKey)
-        direct = select(kind("1"), _f.name, no_parent).where(_ns, _f.parent == bindparam("key"))
+        # In name order: rows come sorted, and the planner takes the listing index even
+        # without statistics (the primary key also leads with the namespace).
+        direct_names = (
+            select(_f.name).where(_ns, _f.parent == bindparam("key")).order_by(_f.name).subquery()
+        )
+        direct = select(kind("1"), direct_names.c.name, no_parent)
         itself = select(kind("2"), _f.name, _f.parent).where(by_id)
 
         def first_subdir(where: Any) -> Select[Any]:
@@ -234,27 +245,35 @@ class Statements:
     def write(self, depth: int) -> Statement:
         """Insert or overwrite a file ``depth`` directories deep, unless a tree rule forbids it.
 
-        Nothing is written (0 rows) when one of the ancestors (bind parameters ``a0``...)
-        is a file, or when the path is a directory (a file lies in ``[low, high)``).
-        One statement per depth keeps each one a fixed string.
+        A forbidden write fails in the database, so that it can never pass unseen, in
+        a lock block whose statements are sent ahead either: the value of a NOT NULL
+        column turns NULL. ``content`` when one of the ancestors (bind parameters
+        ``a0``...) is a file, ``size`` when the path is a directory (a file lies in
+        ``[low, high)``); :data:`REFUSALS` says what each means. One statement per
+        depth keeps each one a fixed string.
         """
         found = self._writes.get(depth)
         if found is not None:
             return found
+        content: Any = bindparam("content", type_=Content)
+        if depth:
+            ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
+            below_a_file = exists().where(_ns, _f.file_id.in_(ancestors))
+            content = case((below_a_file, null()), else_=content)
+        size = case(
+            (exists().where(_ns, _in_range), null()), else_=bindparam("size", type_=BigInteger)
+        )
         source = select(
             bindparam("fid", type_=FileId),
             bindparam("ns", type_=_f.namespace.type),
             bindparam("key", type_=DirKey),
             bindparam("name", type_=_f.name.type),
-            bindparam("content", type_=Content),
-            bindparam("size", type_=BigInteger),
+            content,
+            size,
             bindparam("chunk_count", type_=Integer),
             self._strategy.utc_now(),
             self._strategy.utc_now(),
-        ).where(~exists().where(_ns, _in_range))
-        if depth:
-            ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
-            source = source.where(~exists().where(_ns, _f.file_id.in_(ancestors)))
+        )
         upsert = self._strategy.upsert(
             files,
             _WRITTEN,
@@ -265,4 +284,4 @@ class Statements:
         return self._writes.setdefault(depth, self._compile(upsert))
 
 
-__all__ = ["READ_AHEAD_MAX_SIZE", "Statement", "Statements", "ancestor_names"]
+__all__ = ["READ_AHEAD_MAX_SIZE", "REFUSALS", "Statement", "Statements", "ancestor_names"]

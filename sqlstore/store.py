@@ -8,6 +8,7 @@ blocks, retries, errors) → :mod:`sqlstore.dialects`. It names no database.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -171,36 +172,24 @@ class SQLFileStore:
         sql = self._sql
         write = sql.write(len(ancestor_ids))
 
-        def run(conn: PooledConnection) -> int:
+        def run(conn: PooledConnection) -> None:
+            # A tree rule that forbids the write makes it fail in the database (see
+            # Statements.write): inside a lock block, possibly only when the block ends.
             if len(pieces) == 1:
                 # One statement, also where contents may be chunked: readers use only
                 # the chunks the row counts, so chunks a larger version left behind are
                 # never read; the next chunked write or the delete removes them.
-                return conn.rowcount(write, params)
-            with conn.transaction():
-                written = conn.rowcount(write, params)
-                conn.rowcount(sql.delete_chunks, {"ns": ns, "fid": fid})
-                for seq, piece in enumerate(pieces[1:] if written else [], start=1):
-                    conn.rowcount(
-                        sql.insert_chunk, {"ns": ns, "fid": fid, "seq": seq, "data": piece}
-                    )
-                return written
-
-        def blocking_file(conn: PooledConnection) -> bool:
-            return any(conn.first(sql.is_file, {"ns": ns, "fid": a}) for a in ancestor_ids)
-
-        for _ in range(3):
-            written = self._db.run(run)
-            self._written()
-            if written:
+                conn.defer(write, params, path)
                 return
-            # Nothing was written: find out which tree rule refused it.
-            if self._db.run(blocking_file):
-                raise FileExistsError(f"a parent directory of {path!r} is a file")
-            if self._is_dir(path_n):
-                raise IsADirectoryError(f"{path!r} is a directory")
-            # Another writer removed the obstacle in between: try again.
-        raise IsADirectoryError(f"{path!r} kept changing between a file and a directory")
+            with conn.transaction():
+                conn.defer(write, params, path)
+                conn.defer(sql.delete_chunks, {"ns": ns, "fid": fid}, path)
+                for seq, piece in enumerate(pieces[1:], start=1):
+                    chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}
+                    conn.defer(sql.insert_chunk, chunk, path)
+
+        self._db.run(run)
+        self._written()
 
     def read(self, path: str) -> str:
         """Return the file's content decoded as UTF-8.
@@ -309,20 +298,20 @@ class SQLFileStore:
                 retried: the SDK treats any error here as an empty directory).
         """
         path_n = paths.normalize(path)
-        entries = self._db.run(lambda conn: self._list(conn, path_n))
-        if entries is None:
+        children = self._db.run(lambda conn: self._list(conn, path_n))
+        if children is None:
             return [path]
-        if entries:
+        if children:
             self._ahead.listed(path_n)
         # posixpath.join(path, name), spelled out: it runs once per child.
         prefix = path if not path or path.endswith("/") else path + "/"
-        return [
-            prefix + name + "/" if is_dir else prefix + name
-            for name, is_dir in sorted(entries.items())
-        ]
+        return [prefix + name for name in children]
 
-    def _list(self, conn: PooledConnection, path_n: str) -> dict[str, bool] | None:
-        """Map each child name to whether it is a directory; ``None`` if a file."""
+    def _list(self, conn: PooledConnection, path_n: str) -> builtins.list[str] | None:
+        """The directory's children by name, directories with a trailing ``/``.
+
+        ``None`` if ``path_n`` is a file.
+        """
         ns = self._namespace
         sql = self._sql
         low, high = paths.strict_subdir_range(path_n)
@@ -334,24 +323,31 @@ class SQLFileStore:
             params.update(high=high, fid=paths.file_id(ns, path_n))
             rows = conn.all(sql.list_dir, params)
             probe = sql.next_subdir
-        entries: dict[str, bool] = {}
+        files: builtins.list[str] = []
         subdir: bytes | None = None
         for kind, name, parent in rows:
-            if kind == 2:
-                return None
             if kind == 1:
-                entries[name] = False
+                files.append(name)
+            elif kind == 2:
+                return None
             else:
                 subdir = bytes(parent)
+        if subdir is None:
+            files.sort()  # already in order, almost always: a linear pass
+            return files
         # Skip from one child directory to the next: one index probe per directory,
         # however many files each holds.
+        dirs: builtins.list[str] = []
         while subdir is not None:
             child = paths.child_dir_of(path_n, subdir)
-            entries[child] = True
+            dirs.append(child)
             params["low"] = paths.after_child_dir(path_n, child)
             row = conn.first(probe, params)
             subdir = None if row is None else bytes(row[1])
-        return entries
+        # A file and a directory never share a name: sort by name, then mark the dirs.
+        marked = [(name, name) for name in files] + [(name, name + "/") for name in dirs]
+        marked.sort()
+        return [shown for _, shown in marked]
 
     def delete(self, path: str) -> None:
         """Delete a file, or a directory with everything below it; missing is a no-op.
@@ -380,11 +376,11 @@ class SQLFileStore:
 
         def run(conn: PooledConnection) -> None:
             if not chunked:
-                conn.rowcount(delete, params)
+                conn.defer(delete, params, path)
                 return
             with conn.transaction():
-                conn.rowcount(delete_chunks, params)
-                conn.rowcount(delete, params)
+                conn.defer(delete_chunks, params, path)
+                conn.defer(delete, params, path)
 
         self._db.run(run)
         self._written()

@@ -215,6 +215,7 @@ def import_directory(
                 progress.advance(len(batch))
     finally:
         progress.finish()
+    _analyze(engine)
     return report
 
 
@@ -312,6 +313,14 @@ def _same_times(a: FileRow, b: FileRow) -> bool:
     )
 
 
+def _analyze(engine: Engine) -> None:
+    """Fresh planner statistics after a bulk load (see ``DialectStrategy.analyze``)."""
+    db = database_for(engine)
+    statements = db.strategy.analyze()
+    if statements:
+        db.run(lambda conn: [conn.sql(statement) for statement in statements])
+
+
 def _set_times(engine: Engine, namespace: str, rows: Sequence[FileRow]) -> None:
     """Give ``rows``' files at the destination their source timestamps, in one transaction."""
     if not rows:
@@ -407,4 +416,5 @@ def copy(
                 progress.advance(len(batch))
     finally:
         progress.finish()
+    _analyze(destination)
     return report

@@ -36,7 +36,9 @@ BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer", "pgpartitioned", "mysq
 #: Backends that are another way to run a database of the list above, and the suites
 #: that run on them too (the others would only repeat their database's).
 VARIANT_SUITES = {
-    "pgbouncer": frozenset({"test_contract", "test_locks", "test_model"}),
+    "pgbouncer": frozenset(
+        {"test_contract", "test_locks", "test_model", "test_round_trips", "test_deferred"}
+    ),
     "pgpartitioned": frozenset({"test_contract", "test_locks", "test_model", "test_routing"}),
     "mysqlpartitioned": frozenset({"test_contract", "test_routing"}),
 }

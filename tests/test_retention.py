@@ -48,6 +48,8 @@ def test_a_write_that_lands_during_a_purge_is_never_deleted(
         # so the purge, which already found the namespace stale, has to wait for it.
         with store.lock("writer.lock", timeout=10):
             store.write("old", "touched")
+            # A read: a write in a block may wait to be sent until one (or the commit).
+            assert store.read("old") == "touched"
             touched.set()
             go.wait(10)
             store.write("new", "written during the purge")

@@ -39,10 +39,17 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorded]]:
     """Every statement sqlstore runs on a pooled connection meanwhile, with its values."""
     seen: list[Recorded] = []
     execute, many = PooledConnection.execute, PooledConnection.execute_many
+    defer = PooledConnection.defer
 
     def recording_execute(self: PooledConnection, statement: Any, params: Any = None) -> Any:
         seen.append((statement.sql, statement.args(params)))
         return execute(self, statement, params)
+
+    def recording_defer(
+        self: PooledConnection, statement: Any, params: Any = None, label: Any = None
+    ) -> None:
+        seen.append((statement.sql, statement.args(params)))
+        defer(self, statement, params, label)
 
     def recording_many(self: PooledConnection, statement: Any, rows: Sequence[Any]) -> None:
         seen.extend((statement.sql, statement.args(row)) for row in rows)
@@ -50,6 +57,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorded]]:
 
     monkeypatch.setattr(PooledConnection, "execute", recording_execute)
     monkeypatch.setattr(PooledConnection, "execute_many", recording_many)
+    monkeypatch.setattr(PooledConnection, "defer", recording_defer)
     yield seen
 
 

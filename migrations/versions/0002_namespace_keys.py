@@ -47,6 +47,9 @@ def upgrade() -> None:
         "sqlstore_chunks", "namespace", existing_type=BytewiseString(255), nullable=False
     )
     _set_primary_key(bind, "sqlstore_chunks", ["namespace", "file_id", "seq"])
+    # Statistics now, so the planner knows the listing index from the new primary key.
+    for statement in strategy_for(bind.dialect.name).analyze():
+        op.execute(statement)
 
 
 def downgrade() -> None:

@@ -31,6 +31,7 @@ from ..pooling import Timeouts
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
+    from ..deferral import Deferral
 
 
 class DialectStrategy(ABC):
@@ -193,6 +194,20 @@ class DialectStrategy(ABC):
         """Commit or roll back the open transaction, then release session-level locks."""
         conn.sql("COMMIT" if commit else "ROLLBACK")
 
+    def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
+        """How ``conn`` sends statements ahead in a transaction, or ``None``: one at a time.
+
+        Args:
+            conn: The connection.
+            begin: Whether the transaction is still to be opened (outside lock blocks);
+                the deferral then opens it with what it sends first.
+        """
+        return None
+
+    def after_commit(self, keys: Iterable[bytes]) -> list[str]:
+        """Statements to run right after a lock block's ``COMMIT`` (releasing ``keys``)."""
+        return []
+
     # -- schema changes ------------------------------------------------------------
 
     @contextmanager
@@ -213,6 +228,17 @@ class DialectStrategy(ABC):
     def partitions(self, conn: Connection) -> int:
         """How many hash partitions by namespace sqlstore's tables have (0: none)."""
         return 0
+
+    def analyze(self) -> list[str]:
+        """Statements that refresh the planner's statistics of sqlstore's tables.
+
+        Run after a bulk change (a migration, an import, a copy).
+
+        PostgreSQL needs them: with none, or with statistics from before a bulk load,
+        its planner may scan a namespace through the primary key instead of the
+        listing index (measured here: 0.34 ms instead of 0.02 ms for 1,100 files).
+        """
+        return []
 
     def check_layout(self, count: int) -> None:
         """Raise unless this database can have ``count`` hash partitions (0: none)."""
@@ -243,6 +269,10 @@ class DialectStrategy(ABC):
     def is_timeout(self, exc: BaseException) -> bool:
         """Whether a driver error means the server did not answer within a timeout."""
         return False
+
+    @abstractmethod
+    def refused_column(self, exc: BaseException) -> str | None:
+        """The column a NOT NULL violation names, if ``exc`` is one (a tree rule refused)."""
 
 
 #: sqlstore's tables, in the order a layout change rebuilds them.

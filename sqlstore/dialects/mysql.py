@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,16 +11,23 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import ColumnElement, Connection, Insert, Select, Table, func
 from sqlalchemy.dialects.mysql import insert
 
+from ..deferral import Deferral, Params, StatementFailed
 from ..errors import DatabaseError, LockTimeoutError
 from .base import TABLES, DialectStrategy, check_partitions, schema_lock_key, timeout_seconds
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
+    from ..statements import Statement
 
 # Server and client error numbers worth one more try on a fresh connection:
 # deadlock, server shutdown, connection killed, gone away, lost, cannot connect.
 _TRANSIENT = frozenset({1213, 1053, 1927, 2006, 2013, 2003, 4031})
 _LOCK_WAIT_TIMEOUT = 1205
+_MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS
+#: Most bytes of SQL sent ahead in one packet (max_allowed_packet is 16 MiB by default
+#: on MariaDB, and escaped binary content can take twice its size).
+_BATCH_BYTES = 4 << 20
+_BAD_NULL = 1048  # "Column '%s' cannot be null" (strict mode, see on_connect)
 # PyMySQL reports its own socket timeouts as "cannot connect" or "lost connection".
 _CLIENT_TIMEOUTS = frozenset({2003, 2013})
 
@@ -27,6 +35,68 @@ _CLIENT_TIMEOUTS = frozenset({2003, 2013})
 # GET_LOCK names are server-wide, so the current database goes into the name too:
 # 'sqlstore/' and 40 hex digits of SHA-256(database, key) = 49 of the 64 characters allowed.
 _LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', %(key)s), 256), 40))"
+
+
+class BatchDeferral(Deferral):
+    """Deferred statements queued, then sent in one multi-statement packet.
+
+    They go with the next read (before it, one round trip) or with the ``COMMIT``
+    and what follows it (one round trip for all). MySQL runs the statements of a
+    packet in order and stops at the first that fails.
+    """
+
+    def __init__(self, conn: PooledConnection, *, begin: bool) -> None:
+        self._conn = conn
+        self._queued: list[tuple[str, str | None]] = [("START TRANSACTION", None)] if begin else []
+        self._size = 0
+
+    def defer(self, statement: Statement, params: Params, label: str | None) -> None:
+        cursor = self._conn.dbapi.cursor()
+        try:
+            sql = cursor.mogrify(statement.sql, statement.args(params))
+        finally:
+            cursor.close()
+        if self._size + len(sql) > _BATCH_BYTES:
+            self._send()
+        self._queued.append((sql, label))
+        self._size += len(sql)
+
+    def before_read(self) -> None:
+        self._send()
+
+    def read_failed(self, exc: Exception) -> None:
+        """Nothing to do: what was deferred ran, and was checked, before the read."""
+
+    def settle(self) -> None:
+        self._send()
+
+    def commit(self, then: Sequence[str] = ()) -> None:
+        self._send(["COMMIT", *then])
+        if self._conn.deferral is self:
+            self._conn.deferral = None
+
+    def discard(self) -> None:
+        self._queued.clear()
+        self._size = 0
+        if self._conn.deferral is self:
+            self._conn.deferral = None
+
+    def _send(self, tail: Sequence[str] = ()) -> None:
+        batch = [*self._queued, *((sql, None) for sql in tail)]
+        self._queued, self._size = [], 0
+        if not batch:
+            return
+        cursor = self._conn.dbapi.cursor()
+        done = 0
+        try:
+            cursor.execute("; ".join(sql for sql, _ in batch))
+            done = 1
+            while cursor.nextset():
+                done += 1
+        except Exception as exc:
+            raise StatementFailed(exc, batch[min(done, len(batch) - 1)][1]) from exc
+        finally:
+            cursor.close()
 
 
 class MySQLStrategy(DialectStrategy):
@@ -48,6 +118,10 @@ class MySQLStrategy(DialectStrategy):
         )
         cparams.setdefault("read_timeout", read)
         cparams.setdefault("write_timeout", read)
+        # Several statements in one packet: a lock block's writes travel with its
+        # COMMIT, in one round trip (see BatchDeferral). PyMySQL escapes every value
+        # client-side, as it always does, so no value can end a statement.
+        cparams["client_flag"] = int(cparams.get("client_flag", 0)) | _MULTI_STATEMENTS
 
     def connect(self, dialect: Any, cargs: list[Any], cparams: dict[str, Any], read: float) -> Any:
         # PyMySQL's connect timeout covers the TCP connect only; waiting for the
@@ -64,9 +138,14 @@ class MySQLStrategy(DialectStrategy):
         # protects what is read after it; and the reads inside a write (its tree rules)
         # take no next-key locks, which at REPEATABLE READ made writes to unrelated
         # namespaces wait for each other's open lock blocks.
+        # Strict mode: a NULL in a NOT NULL column is an error (a tree rule refusing a
+        # write, see statements.REFUSALS), never quietly an empty value.
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cursor.execute(
+                "SET SESSION sql_mode = CONCAT_WS(',', @@SESSION.sql_mode, 'STRICT_ALL_TABLES')"
+            )
         finally:
             cursor.close()
 
@@ -104,28 +183,45 @@ class MySQLStrategy(DialectStrategy):
         conn.sql("START TRANSACTION")
 
     def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        self._acquire(conn, key, timeout)
-        try:
-            self.begin(conn)
-        except BaseException:
-            conn.sql("SELECT RELEASE_ALL_LOCKS()")
-            raise
+        # The lock and the transaction in one round trip.
+        got = self._acquire(conn, key, timeout, then="START TRANSACTION")
+        if got != 1:
+            # The transaction opened anyway; the lock was not taken (or failed).
+            conn.sql("ROLLBACK")
+            self._refuse(got, timeout)
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        self._acquire(conn, key, timeout)
+        self._refuse(self._acquire(conn, key, timeout), timeout)
 
-    def _acquire(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
+    def _acquire(self, conn: PooledConnection, key: bytes, timeout: float, then: str = "") -> Any:
+        """``GET_LOCK``'s answer (1: taken, 0: timed out), with ``then`` run after it."""
         wait = timeout_seconds(timeout)
+        sql = f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)" + (f"; {then}" if then else "")
+        cursor = conn.dbapi.cursor()
         # The wait happens in the server: the answer may take that much longer.
-        with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
-            got = conn.sql(
-                f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)", {"key": key.hex(), "timeout": wait}
-            )
+        try:
+            with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
+                cursor.execute(sql, {"key": key.hex(), "timeout": wait})
+                (got,) = cursor.fetchone()
+                while cursor.nextset():
+                    pass
+        finally:
+            cursor.close()
+        return got
+
+    @staticmethod
+    def _refuse(got: Any, timeout: float) -> None:
         if got == 1:
             return
         if got == 0:
             raise LockTimeoutError(f"lock not acquired within {timeout}s")
         raise DatabaseError(f"GET_LOCK failed (returned {got!r})")
+
+    def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
+        return BatchDeferral(conn, begin=begin)
+
+    def after_commit(self, keys: Iterable[bytes]) -> list[str]:
+        return ["SELECT RELEASE_ALL_LOCKS()"] if keys else []
 
     @contextmanager
     def read_timeout(self, dbapi_connection: Any, seconds: float | None) -> Iterator[None]:
@@ -187,6 +283,12 @@ class MySQLStrategy(DialectStrategy):
 
     def is_busy(self, exc: BaseException) -> bool:
         return _error_number(exc) == _LOCK_WAIT_TIMEOUT
+
+    def refused_column(self, exc: BaseException) -> str | None:
+        if _error_number(exc) != _BAD_NULL:
+            return None
+        found = re.search(r"Column '(\w+)' cannot be null", str(exc))
+        return found.group(1) if found else None
 
     def is_timeout(self, exc: BaseException) -> bool:
         return _error_number(exc) in _CLIENT_TIMEOUTS and "timed out" in str(exc)

@@ -6,6 +6,7 @@ lock block and every write on that file, whatever its path. Readers never wait (
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -141,6 +142,10 @@ class SQLiteStrategy(DialectStrategy):
 
     def is_transient(self, exc: BaseException) -> bool:
         return False
+
+    def refused_column(self, exc: BaseException) -> str | None:
+        found = re.search(r"NOT NULL constraint failed: \w+\.(\w+)", str(exc))
+        return found.group(1) if found else None
 
     def is_busy(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)

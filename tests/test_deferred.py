@@ -1,0 +1,88 @@
+"""Writes a lock block sends ahead of their answers: their errors, and what the block does then.
+
+On PostgreSQL (pipeline mode) and MySQL/MariaDB (multi-statement packets) a write or
+delete inside a lock block does not wait for its answer; a write that a tree rule
+refuses is reported at the next read or when the block ends, and the block rolls back
+whole. On SQLite it is reported at the call. Either way nothing of the block lands.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import sqlstore
+from sqlstore import SQLFileStore
+
+
+class Boom(Exception):
+    """Raised inside lock blocks to leave them by an exception."""
+
+
+def test_a_refused_write_in_a_block_rolls_the_whole_block_back(store: SQLFileStore) -> None:
+    store.write("f", "a file")
+    with pytest.raises(FileExistsError, match="'f/g'"), store.lock("l", timeout=5):
+        store.write("before", "1")
+        store.write("f/g", "below a file")  # refused: may surface only at the end
+        store.write("after", "2")
+    assert store.list("") == ["f"]
+
+
+def test_a_refused_write_surfaces_at_the_next_read_at_the_latest(store: SQLFileStore) -> None:
+    store.write("dir/x", "1")
+    with pytest.raises(sqlstore.DatabaseError, match="rolled back"), store.lock("l", timeout=5):
+        store.write("other", "x")
+        with pytest.raises(IsADirectoryError, match="'dir'"):
+            store.write("dir", "over a directory")  # SQLite: reported here
+            store.read("dir/x")  # others: here at the latest
+        # The caller went on: the block is spoiled and rolls back when it ends.
+    assert store.list("") == ["dir/"]
+    assert store.read("dir/x") == "1"
+
+
+def test_a_caught_error_still_rolls_the_block_back(store: SQLFileStore) -> None:
+    store.write("f", "a file")
+    with pytest.raises(sqlstore.DatabaseError, match="rolled back"), store.lock("l", timeout=5):
+        store.write("kept?", "no")
+        try:
+            store.write("f/g", "x")
+            store.exists("f")  # a read: the refusal is known by now on every dialect
+        except FileExistsError:
+            pass  # swallowed: the block must not commit half of itself
+    assert not store.exists("kept?")
+
+
+def test_deferred_writes_are_read_back_inside_the_block(store: SQLFileStore) -> None:
+    with store.lock("l", timeout=5):
+        for i in range(5):
+            store.write(f"events/e{i}", f"v{i}")
+        store.delete("events/e0")
+        assert store.list("events") == [f"events/e{i}" for i in range(1, 5)]
+        assert store.read("events/e4") == "v4"
+        big = bytes(range(256)) * (5 << 12)  # 5 MiB: chunked on MariaDB
+        store.write("big", big)
+        assert store.read_bytes("big") == big
+    assert store.read_bytes("big") == big
+    assert store.list("events") == [f"events/e{i}" for i in range(1, 5)]
+
+
+def test_nested_blocks_after_deferred_writes(store: SQLFileStore) -> None:
+    with store.lock("outer", timeout=5):
+        store.write("a", "1")
+        with pytest.raises(Boom), store.lock("inner", timeout=5):
+            store.write("b", "2")
+            raise Boom
+        store.write("c", "3")
+    assert store.list("") == ["a", "c"]
+
+
+def test_outside_a_block_refusals_are_reported_at_the_call(store: SQLFileStore) -> None:
+    store.write("f", "a file")
+    with pytest.raises(FileExistsError, match="'f/g/h'"):
+        store.write("f/g/h", "x")
+    store.write("d/x", "1")
+    with pytest.raises(IsADirectoryError, match="'d'"):
+        store.write("d", "x")
+    big = bytes(3 << 20)
+    with pytest.raises(FileExistsError):
+        store.write("f/big", big)  # a multi-statement transaction on MariaDB
+    assert store.list("") == ["d/", "f"]
