@@ -82,12 +82,20 @@ class Subject:
         return everything - {"read_bytes"} if self.kind in ("local", "memory") else everything
 
 
+def partition_8(url: str) -> None:
+    """Lay out a subject's tables as 8 hash partitions by namespace.
+
+    A module-level function: subjects travel to the benchmark's child processes.
+    """
+    sqlstore.migrate(url, partitions=8)
+
+
 # fmt: off
 SUBJECTS = (
     Subject("pg-raw", "PostgreSQL raw psycopg", "raw", "postgresql"),
     Subject("pg", "PostgreSQL sqlstore", "sqlstore", "postgresql", "pg-raw"),
     Subject("pg-part", "PostgreSQL sqlstore, 8 partitions", "sqlstore", "postgresql", "pg-raw",
-            database="sqlstore_bench_part", setup=lambda url: partition(url, 8)),
+            database="sqlstore_bench_part", setup=partition_8),
     Subject("sqlite-normal-raw", "SQLite NORMAL raw sqlite3", "raw", "sqlite", None,
             {"synchronous": "NORMAL"}, every_row=False),
     Subject("sqlite-raw", "SQLite FULL raw sqlite3", "raw", "sqlite", None,
@@ -102,11 +110,6 @@ SUBJECTS = (
     Subject("memory", "SDK InMemoryFileStore", "memory"),
 )
 # fmt: on
-
-
-def partition(url: str, count: int) -> None:
-    """Lay out a subject's tables as ``count`` hash partitions by namespace."""
-    sqlstore.migrate(url, partitions=count)
 
 
 # -- the raw floors -------------------------------------------------------------------
