@@ -358,3 +358,21 @@ def test_readme_block_runs(
         _run_doctest(chain, work, monkeypatch)
     else:
         RUNNERS[kind](chain, work)
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub and PyPI give a heading: lower case, punctuation dropped."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_are_absolute_or_name_a_heading() -> None:
+    """The README is the package's long description: a relative link would break there."""
+    text = README.read_text()
+    headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert targets
+    for target in targets:
+        if target.startswith("#"):
+            assert target[1:] in headings, f"no heading for the link {target}"
+        else:
+            assert re.match(r"https?://", target), f"relative link {target}: name the file"
