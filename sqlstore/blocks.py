@@ -35,11 +35,10 @@ _open: ContextVar[Mapping[object, Block]] = ContextVar(
 
 def owner() -> Owner:
     """The caller's identity: its thread, and its asyncio task if one is running."""
-    try:
-        task: object = asyncio.current_task()
-    except RuntimeError:  # no event loop runs in this thread
-        task = None
-    return threading.get_ident(), task
+    # _get_running_loop answers None where no loop runs, without the cost of an
+    # exception (asyncio.current_task raises then); this runs on every lock.
+    loop = asyncio._get_running_loop()
+    return threading.get_ident(), None if loop is None else asyncio.current_task(loop)
 
 
 @dataclass(eq=False)

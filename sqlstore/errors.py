@@ -12,6 +12,7 @@ from __future__ import annotations
 
 __all__ = [
     "DatabaseError",
+    "DatabaseTimeoutError",
     "DriverNotInstalledError",
     "FileTooLargeError",
     "LockTimeoutError",

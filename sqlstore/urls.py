@@ -104,7 +104,7 @@ def check_url(url: str | URL) -> URL:
         fix = (
             "this Python was built without it"
             if found.extra is None
-            else f"install it with pip install 'sqlstore[{found.extra}]'"
+            else f"install sqlstore with its '{found.extra}' extra, which brings it"
         )
         raise DriverNotInstalledError(
             f"{found.database}'s driver {found.label} cannot be imported ({exc}); {fix}"
@@ -120,4 +120,4 @@ def _install(driver: _Driver) -> str:
     """How to install ``driver``, as the end of a message (nothing for the stdlib's)."""
     if driver.extra is None:
         return ""
-    return f" (its driver: pip install 'sqlstore[{driver.extra}]')"
+    return f" (install sqlstore with its '{driver.extra}' extra for the driver)"

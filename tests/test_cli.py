@@ -853,12 +853,12 @@ def test_hints_name_the_command_that_fixes_it(
     _one_error_line(
         run("--url", "mysql://root@127.0.0.1/test", "namespaces"),
         "write mysql+pymysql://root@127.0.0.1/test",
-        "pip install 'sqlstore[mysql]'",
+        "its 'mysql' extra",
     )
     _one_error_line(
         run("--url", "postgresql+psycopg2://app@127.0.0.1/test", "db", "upgrade"),
         "write postgresql+psycopg://app@127.0.0.1/test",
-        "pip install 'sqlstore[postgresql]'",
+        "its 'postgresql' extra",
     )
     failed = run("--url", "postgres://app:Sup3rSecretPw@127.0.0.1/test", "db", "current")
     _one_error_line(failed, "did you mean postgresql+psycopg://app:***@127.0.0.1/test?")

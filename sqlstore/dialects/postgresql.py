@@ -81,16 +81,20 @@ class PipelineDeferral(Deferral):
 
     Deferred statements are sent at once without waiting for their answers; a read
     is answered after them (the server keeps the order), and the ``COMMIT`` goes with
-    the last of them, so their answers all come back in the commit's round trip.
+    the last of them, so their answers all come back in the commit's round trip. The
+    pipeline is entered with the first deferred statement: a block that only reads
+    (or locks and unlocks) never pays for it.
     """
 
     def __init__(self, conn: PooledConnection) -> None:
         self._conn = conn
-        self._mode = conn.dbapi.pipeline()
-        self._mode.__enter__()
+        self._mode: Any = None
         self._sent: list[tuple[Any, str | None]] = []
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
+        if self._mode is None:
+            self._mode = self._conn.dbapi.pipeline()
+            self._mode.__enter__()
         cursor = self._conn.dbapi.cursor()
         cursor.execute(statement.sql, statement.args(params))
         self._sent.append((cursor, label))
@@ -99,6 +103,8 @@ class PipelineDeferral(Deferral):
         """Nothing to do: the read is answered after what was sent before it."""
 
     def read_failed(self, exc: Exception) -> None:
+        if self._mode is None:
+            return
         # The pipeline is aborted until it syncs; leave it, so the block can roll back.
         label = self._failed_label()
         self._leave(quietly=True)
@@ -130,12 +136,15 @@ class PipelineDeferral(Deferral):
         """Sync (one round trip for everything sent) and leave pipeline mode."""
         if self._conn.deferral is self:
             self._conn.deferral = None
+        if self._mode is None:
+            return
         try:
             self._mode.__exit__(None, None, None)
         except Exception as exc:
             if not quietly:
                 raise StatementFailed(exc, self._failed_label()) from exc
         finally:
+            self._mode = None
             for cursor, _ in self._sent:
                 cursor.close()
             self._sent.clear()
