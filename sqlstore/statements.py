@@ -231,13 +231,16 @@ class Statements:
         )
 
         # -- delete --------------------------------------------------------------
+        # A file and the chunks that continue it go in one statement: where contents
+        # are chunked, the dialect writes a delete of both tables at once.
         subtree = or_(_f.file_id == bindparam("fid"), _in_range)
-        self.delete_path = compile_(delete(files).where(_ns, subtree))
-        self.delete_namespace = compile_(delete(files).where(_ns))
-        self.delete_path_chunks = compile_(
-            delete(chunks).where(chunk_ns, _c.file_id.in_(select(_f.file_id).where(_ns, subtree)))
-        )
-        self.delete_namespace_chunks = compile_(delete(chunks).where(chunk_ns))
+        if strategy.chunk_size is None:
+            self.delete_path = compile_(delete(files).where(_ns, subtree))
+            self.delete_namespace = compile_(delete(files).where(_ns))
+        else:
+            types = {"ns": _f.namespace.type, "fid": FileId, "low": DirKey, "high": DirKey}
+            self.delete_path = compile_(strategy.delete_with_chunks(types, subtree=True))
+            self.delete_namespace = compile_(strategy.delete_with_chunks(types, subtree=False))
 
     def _compile(self, statement: ClauseElement) -> Statement:
         return Statement(statement, self._dialect)

@@ -362,7 +362,7 @@ class SQLFileStore:
         sql = self._sql
         if path_n == paths.ROOT:
             params: dict[str, Any] = {"ns": self._namespace}
-            delete, delete_chunks = sql.delete_namespace, sql.delete_namespace_chunks
+            delete = sql.delete_namespace
         else:
             low, high = paths.subtree_range(path_n)
             params = {
@@ -371,18 +371,8 @@ class SQLFileStore:
                 "low": low,
                 "high": high,
             }
-            delete, delete_chunks = sql.delete_path, sql.delete_path_chunks
-        chunked = self._db.strategy.chunk_size is not None
-
-        def run(conn: PooledConnection) -> None:
-            if not chunked:
-                conn.defer(delete, params, path)
-                return
-            with conn.transaction():
-                conn.defer(delete_chunks, params, path)
-                conn.defer(delete, params, path)
-
-        self._db.run(run)
+            delete = sql.delete_path
+        self._db.run(lambda conn: conn.defer(delete, params, path))
         self._written()
 
     def get_absolute_path(self, path: str) -> str:

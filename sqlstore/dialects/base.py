@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from sqlalchemy import ColumnElement, Connection, Engine, Insert, Select, Table, func
+from sqlalchemy import ColumnElement, Connection, Engine, Insert, Select, Table, TextClause, func
 from sqlalchemy.engine import URL
 
 from ..pooling import Timeouts
@@ -137,6 +137,15 @@ class DialectStrategy(ABC):
         if value.tzinfo is not None:
             return value.astimezone(UTC)
         return value.replace(tzinfo=UTC)
+
+    def delete_with_chunks(self, types: Mapping[str, Any], *, subtree: bool) -> TextClause:
+        """One statement deleting files and the chunks that continue them.
+
+        Only dialects with a :attr:`chunk_size` implement it. Bind parameters: ``ns``;
+        with ``subtree``, also ``fid`` (the path's own file) and ``low``/``high`` (the
+        range of the files below it), typed by ``types``.
+        """
+        raise NotImplementedError(f"{self.names[0]} stores no chunks")
 
     def upsert(
         self,

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Connection, Insert, Select, Table, func
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Insert,
+    Select,
+    Table,
+    TextClause,
+    bindparam,
+    func,
+    text,
+)
 from sqlalchemy.dialects.mysql import insert
 
 from ..deferral import Deferral, Params, StatementFailed
@@ -165,6 +175,19 @@ class MySQLStrategy(DialectStrategy):
     def to_db_time(self, value: datetime) -> datetime:
         # DATETIME keeps whole seconds and would round, not truncate.
         return value.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+
+    def delete_with_chunks(self, types: Mapping[str, Any], *, subtree: bool) -> TextClause:
+        # MySQL deletes from several tables in one statement; the join finds exactly
+        # the chunks of the files deleted (a file's chunks share its key).
+        where = "f.namespace = :ns"
+        if subtree:
+            where += " AND (f.file_id = :fid OR (f.parent >= :low AND f.parent < :high))"
+        statement = text(
+            "DELETE f, c FROM sqlstore_files AS f LEFT JOIN sqlstore_chunks AS c"
+            f" ON c.namespace = f.namespace AND c.file_id = f.file_id WHERE {where}"
+        )
+        names = ("ns", "fid", "low", "high") if subtree else ("ns",)
+        return statement.bindparams(*(bindparam(name, type_=types[name]) for name in names))
 
     def upsert(
         self,
