@@ -16,9 +16,8 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -81,15 +80,19 @@ def current(database: object) -> Block | None:
     return block
 
 
-@contextmanager
-def entered(database: object, block: Block) -> Iterator[None]:
-    """Make ``block`` the caller's block on ``database`` for the duration."""
+Entered = tuple[Token[Mapping[object, Block]], Mapping[object, Block]]
+
+
+def enter(database: object, block: Block) -> Entered:
+    """Make ``block`` the caller's block on ``database`` until :func:`leave`."""
     before = _open.get()
-    token = _open.set({**before, database: block})
+    return _open.set({**before, database: block}), before
+
+
+def leave(entered: Entered) -> None:
+    """Undo :func:`enter`."""
+    token, before = entered
     try:
-        yield
-    finally:
-        try:
-            _open.reset(token)
-        except ValueError:  # left in another context than it was entered in
-            _open.set(before)
+        _open.reset(token)
+    except ValueError:  # left in another context than it was entered in
+        _open.set(before)

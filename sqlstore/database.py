@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -212,8 +212,7 @@ class Database:
 
     # -- lock blocks -----------------------------------------------------------------
 
-    @contextmanager
-    def lock_block(self, key: bytes, timeout: float, label: str) -> Iterator[None]:
+    def lock_block(self, key: bytes, timeout: float, label: str) -> AbstractContextManager[None]:
         """Hold the lock ``key`` for the block, which is one transaction.
 
         The caller's calls inside join the transaction; a block inside another is a
@@ -232,13 +231,10 @@ class Database:
         """
         block = blocks.current(self)
         if block is None:
-            with self._outer(key, timeout):
-                yield
-            return
+            return self._outer(key, timeout)
         if key in block.held:
             raise LockTimeoutError(f"{label} is already locked by this caller")
-        with self._nested(block, key, timeout):
-            yield
+        return self._nested(block, key, timeout)
 
     @contextmanager
     def _outer(self, key: bytes, timeout: float) -> Iterator[None]:
@@ -255,17 +251,22 @@ class Database:
 
         # Nothing has happened yet, so a connection that turns out dead (the server
         # restarted) is retried like any single statement.
-        with pooling.deadline(at):
+        bounded = pooling.set_deadline(at)
+        try:
             conn = self._attempts(begin, keep_open=True, acquiring=True)
+        finally:
+            pooling.reset_deadline(bounded)
         block = Block(conn, {key})
         conn.in_block = True
         try:
-            with blocks.entered(self, block):
-                try:
-                    yield
-                except BaseException as exc:
-                    self._roll_back(block, exc)
-                    raise
+            entered = blocks.enter(self, block)
+            try:
+                yield
+            except BaseException as exc:
+                blocks.leave(entered)
+                self._roll_back(block, exc)
+                raise
+            blocks.leave(entered)
             self._end(block, commit=True)
         finally:
             if block.inherited:

@@ -1,7 +1,7 @@
 """What sqlstore adds to an engine's connection pool.
 
 * **Bounded waits.** A lock's timeout covers the whole acquisition: waiting for a free
-  pooled connection and connecting as well as the lock wait itself. :func:`deadline`
+  pooled connection and connecting as well as the lock wait itself. :func:`set_deadline`
   sets the moment by which a checkout must succeed; :class:`BoundedQueuePool` (the pool
   :func:`sqlstore.create_engine` makes) waits no longer than that, and new connections
   get a connect timeout no longer than that.
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,18 +59,18 @@ class Timeouts:
                 raise ValueError(f"{name}_timeout must be a positive number of seconds")
 
 
-@contextmanager
-def deadline(at: float | None) -> Iterator[None]:
-    """Bound pool waits and new connections inside the block by ``at`` (``time.monotonic``)."""
-    token = _deadline.set(at)
-    try:
-        yield
-    finally:
-        _deadline.reset(token)
+def set_deadline(at: float | None) -> Token[float | None]:
+    """Bound pool waits and new connections by ``at`` (``time.monotonic``) until reset."""
+    return _deadline.set(at)
+
+
+def reset_deadline(token: Token[float | None]) -> None:
+    """End what :func:`set_deadline` began."""
+    _deadline.reset(token)
 
 
 def remaining(limit: float) -> float:
-    """``limit`` seconds, or less if the current :func:`deadline` comes sooner (never < 0)."""
+    """``limit`` seconds, or less if the current :func:`set_deadline` comes sooner (never < 0)."""
     at = _deadline.get()
     if at is None:
         return limit
@@ -80,7 +78,7 @@ def remaining(limit: float) -> float:
 
 
 class BoundedQueuePool(QueuePool):
-    """A ``QueuePool`` whose wait for a free connection also ends at the :func:`deadline`.
+    """A ``QueuePool`` whose wait for a free connection also ends at the :func:`set_deadline`.
 
     ``QueuePool`` reads its ``_timeout`` each time it has to wait; here that value is
     the pool's own timeout or the time left until the caller's deadline, if sooner.

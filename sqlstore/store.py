@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -391,8 +390,7 @@ class SQLFileStore:
         ns = quote(self._namespace, safe="")
         return f"sqlstore+{url.get_backend_name()}://{host}/{url.database or ''}/{ns}/{path_n}"
 
-    @contextmanager
-    def lock(self, path: str, timeout: float = 30.0) -> Iterator[None]:
+    def lock(self, path: str, timeout: float = 30.0) -> AbstractContextManager[None]:
         """Hold an exclusive lock on ``path`` for the block; the block is a transaction.
 
         The lock excludes every other holder of the same (namespace, path) in any
@@ -421,9 +419,7 @@ class SQLFileStore:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
-        key = paths.lock_key(self._namespace, path_n)
-        with self._db.lock_block(key, timeout, repr(path)):
-            yield
+        return self._db.lock_block(paths.lock_key(self._namespace, path_n), timeout, repr(path))
 
     def flush(self) -> None:
         """Nothing to do: every call is written to the database before it returns."""
