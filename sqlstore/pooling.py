@@ -14,10 +14,20 @@
   never closed here, since closing it would end the parent's session.
 * **Per-connection settings** (SQLite's WAL, ``synchronous`` and ``busy_timeout``) are
   applied to every new connection, whichever engine sqlstore is given.
+* **Plans made again as tables grow.** PostgreSQL plans a prepared statement once per
+  connection and keeps the plan until the table's statistics change. A plan made while
+  the tables held a page or two scans them, and where nothing refreshes the statistics
+  (autovacuum off, or behind a fast load) it would stay: every write then reads the
+  whole namespace or table (measured here on a new database: 0.55 ms a write at 2,000
+  files, 2.1 ms at 12,000). So a connection that keeps plans is replaced, quietly, after
+  its pool slot's 1,000th use, then its 2,000th, 4,000th and so on; the new one plans
+  for the tables as they are then. Replacements stay rare (about twenty in a billion
+  uses) and the wasted work bounded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from contextvars import ContextVar, Token
@@ -35,6 +45,12 @@ if TYPE_CHECKING:
 
 #: ``connection_record.info`` key: the pid of the process that opened the connection.
 _ORIGIN = "sqlstore.pid"
+#: ``connection_record.record_info`` keys (kept across the slot's connections): how
+#: often the slot was used, and at which use its connection is next replaced.
+_USES = "sqlstore.uses"
+_REPLAN_AT = "sqlstore.replan_at"
+#: The use at which a pool slot's first connection is replaced (then twice as many).
+FIRST_REPLAN = 1000
 
 _deadline: ContextVar[float | None] = ContextVar("sqlstore_checkout_deadline", default=None)
 
@@ -123,3 +139,18 @@ def install(engine: Engine, strategy: DialectStrategy, timeouts: Timeouts) -> No
             record.dbapi_connection = proxy.dbapi_connection = None
         # The pool discards this connection and connects anew (through the hooks above).
         raise DisconnectionError("sqlstore replaces a connection it did not open here")
+
+    @event.listens_for(engine, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is None or not strategy.keeps_plans(dbapi_connection):
+            return
+        info = record.record_info
+        uses = info[_USES] = info.get(_USES, 0) + 1
+        if uses < info.setdefault(_REPLAN_AT, FIRST_REPLAN):
+            return
+        info[_REPLAN_AT] = 2 * uses
+        # A slot without a connection connects anew at its next checkout, through the
+        # hooks above; unlike an invalidation, this is not logged as a failure.
+        record.dbapi_connection = None
+        with contextlib.suppress(Exception):
+            dbapi_connection.close()

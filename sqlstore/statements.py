@@ -233,12 +233,13 @@ class Statements:
         # -- delete --------------------------------------------------------------
         # A file and the chunks that continue it go in one statement: where contents
         # are chunked, the dialect writes a delete of both tables at once.
-        subtree = or_(_f.file_id == bindparam("fid"), _in_range)
+        types = {"ns": _f.namespace.type, "fid": FileId, "low": DirKey, "high": DirKey}
         if strategy.chunk_size is None:
-            self.delete_path = compile_(delete(files).where(_ns, subtree))
+            own = strategy.delete_subtree(types)
+            either = delete(files).where(_ns, or_(_f.file_id == bindparam("fid"), _in_range))
+            self.delete_path = compile_(own if own is not None else either)
             self.delete_namespace = compile_(delete(files).where(_ns))
         else:
-            types = {"ns": _f.namespace.type, "fid": FileId, "low": DirKey, "high": DirKey}
             self.delete_path = compile_(strategy.delete_with_chunks(types, subtree=True))
             self.delete_namespace = compile_(strategy.delete_with_chunks(types, subtree=False))
 

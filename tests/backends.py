@@ -39,7 +39,9 @@ VARIANT_SUITES = {
     "pgbouncer": frozenset(
         {"test_contract", "test_locks", "test_model", "test_round_trips", "test_deferred"}
     ),
-    "pgpartitioned": frozenset({"test_contract", "test_locks", "test_model", "test_routing"}),
+    "pgpartitioned": frozenset(
+        {"test_contract", "test_locks", "test_model", "test_routing", "test_plans"}
+    ),
     "mysqlpartitioned": frozenset({"test_contract", "test_routing"}),
 }
 #: Hash partitions by namespace in the partitioned layouts.

@@ -101,6 +101,15 @@ class DialectStrategy(ABC):
     def on_connect(self, dbapi_connection: Any) -> None:  # noqa: B027 - optional hook
         """Prepare a new DBAPI connection (session settings); called once per connection."""
 
+    def keeps_plans(self, dbapi_connection: Any) -> bool:
+        """Whether the server keeps query plans for the life of this connection.
+
+        Such a connection is replaced after ever longer use (see
+        :mod:`sqlstore.pooling`), so that its plans are made again for the tables as
+        they have grown.
+        """
+        return False
+
     @contextmanager
     def read_timeout(self, dbapi_connection: Any, seconds: float | None) -> Iterator[None]:
         """Within the block, wait up to ``seconds`` for each answer (``None``: forever).
@@ -137,6 +146,14 @@ class DialectStrategy(ABC):
         if value.tzinfo is not None:
             return value.astimezone(UTC)
         return value.replace(tzinfo=UTC)
+
+    def delete_subtree(self, types: Mapping[str, Any]) -> TextClause | None:
+        """One statement deleting a path's file and every file below it, if not the generic one.
+
+        ``None`` (the default): ``namespace = :ns AND (file_id = :fid OR parent in
+        [:low, :high))``. Bind parameters and ``types`` as for :meth:`delete_with_chunks`.
+        """
+        return None
 
     def delete_with_chunks(self, types: Mapping[str, Any], *, subtree: bool) -> TextClause:
         """One statement deleting files and the chunks that continue them.
