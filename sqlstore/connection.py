@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
+from . import pooling
 from .deferral import Deferral, Params, StatementFailed
 from .statements import Statement
 
@@ -41,7 +42,7 @@ class PooledConnection:
         deferral: How deferred statements travel now; ``None``: one at a time.
     """
 
-    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw")
+    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw", "statements")
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
@@ -49,6 +50,8 @@ class PooledConnection:
         self.closed = False
         self.in_block = False
         self.deferral: Deferral | None = None
+        #: Statements run so far (see :func:`sqlstore.pooling.count_statements`).
+        self.statements = 0
         # Engines not created in autocommit mode get it for the duration of the
         # checkout, and their original mode back on return.
         self._restore = strategy.enter_autocommit(raw.dbapi_connection)
@@ -64,6 +67,7 @@ class PooledConnection:
         Without a :attr:`deferral` it runs at once. Either way a failure is raised as
         :class:`StatementFailed`, carrying ``label``.
         """
+        self.statements += 1
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
             return
@@ -77,6 +81,7 @@ class PooledConnection:
 
     def execute(self, statement: Statement, params: Params = None) -> Any:
         """Run a compiled statement; returns the DBAPI cursor (closed by the caller)."""
+        self.statements += 1
         if self.deferral is not None:
             self.deferral.before_read()
         cursor = self.raw.cursor()
@@ -106,6 +111,7 @@ class PooledConnection:
 
     def execute_many(self, statement: Statement, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run a DML statement once per parameter set (the driver's ``executemany``)."""
+        self.statements += len(rows)
         if self.deferral is not None:
             self.deferral.settle()
         cursor = self.raw.cursor()
@@ -206,6 +212,7 @@ class PooledConnection:
             if self.closed:
                 return
         self.closed = True
+        pooling.count_statements(self.raw, self.statements)
         try:
             if self._restore is not None and self.raw.is_valid:
                 self._strategy.leave_autocommit(self.raw.dbapi_connection, self._restore)

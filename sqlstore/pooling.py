@@ -20,9 +20,9 @@
   (autovacuum off, or behind a fast load) it would stay: every write then reads the
   whole namespace or table (measured here on a new database: 0.55 ms a write at 2,000
   files, 2.1 ms at 12,000). So a connection that keeps plans is replaced, quietly, after
-  its pool slot's 1,000th use, then its 2,000th, 4,000th and so on; the new one plans
-  for the tables as they are then. Replacements stay rare (about twenty in a billion
-  uses) and the wasted work bounded.
+  its pool slot ran 1,000 statements, then 2,000, 4,000 and so on (:func:`count_statements`);
+  the new one plans for the tables as they are then. Replacements stay rare (about
+  twenty in a billion statements) and the wasted work bounded.
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ if TYPE_CHECKING:
 
 #: ``connection_record.info`` key: the pid of the process that opened the connection.
 _ORIGIN = "sqlstore.pid"
-#: ``connection_record.record_info`` keys (kept across the slot's connections): how
-#: often the slot was used, and at which use its connection is next replaced.
-_USES = "sqlstore.uses"
+#: ``connection_record.record_info`` keys (kept across the slot's connections): how many
+#: statements the slot ran, and after how many its connection is next replaced.
+_STATEMENTS = "sqlstore.statements"
 _REPLAN_AT = "sqlstore.replan_at"
-#: The use at which a pool slot's first connection is replaced (then twice as many).
+#: Statements after which a pool slot's first connection is replaced (then twice as many).
 FIRST_REPLAN = 1000
 
 _deadline: ContextVar[float | None] = ContextVar("sqlstore_checkout_deadline", default=None)
@@ -109,6 +109,16 @@ class BoundedQueuePool(QueuePool):
         self._pool_timeout = value
 
 
+def count_statements(raw: Any, count: int) -> None:
+    """Add ``count`` statements to those run on the pool slot of ``raw`` (checked out).
+
+    Called as a connection is given back; a lock block's statements all count.
+    """
+    info = raw.record_info
+    if info is not None:
+        info[_STATEMENTS] = info.get(_STATEMENTS, 0) + count
+
+
 def install(engine: Engine, strategy: DialectStrategy, timeouts: Timeouts) -> None:
     """Attach sqlstore's connection hooks to ``engine`` (once per engine)."""
 
@@ -145,10 +155,10 @@ def install(engine: Engine, strategy: DialectStrategy, timeouts: Timeouts) -> No
         if dbapi_connection is None or not strategy.keeps_plans(dbapi_connection):
             return
         info = record.record_info
-        uses = info[_USES] = info.get(_USES, 0) + 1
-        if uses < info.setdefault(_REPLAN_AT, FIRST_REPLAN):
+        statements = info.get(_STATEMENTS, 0)
+        if statements < info.setdefault(_REPLAN_AT, FIRST_REPLAN):
             return
-        info[_REPLAN_AT] = 2 * uses
+        info[_REPLAN_AT] = 2 * statements
         # A slot without a connection connects anew at its next checkout, through the
         # hooks above; unlike an invalidation, this is not logged as a failure.
         record.dbapi_connection = None
