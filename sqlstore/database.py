@@ -291,8 +291,13 @@ class Database:
             try:
                 self._finish(conn, commit=commit and spoiled is None, keys=block.held)
             except StatementFailed as failed:
-                # A write sent ahead failed: nothing was committed; roll back, report it.
-                self._finish(conn, commit=False, keys=block.held)
+                # A write sent ahead failed, or its answer never came (a read timeout
+                # cancels what the server runs, then drops the connection): nothing was
+                # committed. Roll back where the connection still can; report the failure.
+                try:
+                    self._finish(conn, commit=False, keys=block.held)
+                except Exception as exc:
+                    conn.invalidate(exc)
                 raise self.translate(failed.error, label=failed.label) from failed.error
             if spoiled is not None:
                 raise DatabaseError(

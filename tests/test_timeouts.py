@@ -160,3 +160,45 @@ def test_a_lock_wait_longer_than_the_read_timeout_is_not_taken_for_silence(
 def test_timeouts_must_be_positive(options: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="timeout"):
         sqlstore.create_engine("sqlite://", **options)
+
+
+# -- a statement that outwaits the read timeout ----------------------------------------
+
+
+@SERVERS
+def test_what_outwaits_the_read_timeout_never_lands_later(
+    migrated_url: URL, namespace: str
+) -> None:
+    """A timed-out call is ended in the server too, so it cannot commit afterwards.
+
+    The client gives up after ``read_timeout``, but the server still holds what it was
+    sent: a lock block's writes travel with its COMMIT, and would commit as soon as the
+    row lock they wait for is released, after the caller was told the block failed.
+    """
+    engine = sqlstore.create_engine(migrated_url, read_timeout=1.0)
+    blocker = sa.create_engine(migrated_url, poolclass=sa.pool.NullPool)
+    store = SQLFileStore(engine, namespace)
+    try:
+        store.write("held", "before")
+        for attempt in ("block", "plain"):
+            with blocker.connect() as conn:
+                conn.execute(  # holds the row's lock until the rollback below
+                    sa.text("UPDATE sqlstore_files SET size = size WHERE namespace = :ns"),
+                    {"ns": namespace},
+                )
+                with pytest.raises(sqlstore.DatabaseTimeoutError):
+                    if attempt == "block":
+                        with store.lock("l"):
+                            store.write("held", "in the block")
+                            store.write("new", "in the block")
+                    else:
+                        store.write("held", "plain")
+                conn.rollback()
+            # What was sent and never answered would land as soon as the lock is free.
+            for _ in range(10):
+                assert store.read("held") == "before"
+                assert not store.exists("new")
+                time.sleep(0.05)
+    finally:
+        engine.dispose()
+        blocker.dispose()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
@@ -38,6 +40,8 @@ _MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS
 #: on MariaDB, and escaped binary content can take twice its size).
 _BATCH_BYTES = 4 << 20
 _BAD_NULL = 1048  # "Column '%s' cannot be null" (strict mode, see on_connect)
+#: Longest wait to end a timed-out connection's server session from another connection.
+_KILL_TIMEOUT = 5.0
 # PyMySQL reports its own socket timeouts as "cannot connect" or "lost connection".
 _CLIENT_TIMEOUTS = frozenset({2003, 2013})
 
@@ -45,6 +49,47 @@ _CLIENT_TIMEOUTS = frozenset({2003, 2013})
 # GET_LOCK names are server-wide, so the current database goes into the name too:
 # 'sqlstore/' and 40 hex digits of SHA-256(database, key) = 49 of the 64 characters allowed.
 _LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', %(key)s), 256), 40))"
+
+
+@cache
+def _ending_connection() -> Any:
+    """PyMySQL's ``Connection``, ending its server session when a read times out.
+
+    PyMySQL closes the socket on a read timeout, but the server goes on with what it
+    was sent: a lock block's writes and COMMIT travel in one packet, so a block whose
+    write waited out the timeout (on a row lock, say) would commit after the caller was
+    told it failed. ``KILL`` from a second connection ends the session first, and its
+    transaction rolls back.
+    """
+    import pymysql
+
+    class EndingConnection(pymysql.connections.Connection):  # type: ignore[misc]
+        #: Connect parameters for the second connection; set by sqlstore.
+        kill_params: dict[str, Any] | None = None
+
+        def _read_bytes(self, num_bytes: int) -> bytes:
+            try:
+                data: bytes = super()._read_bytes(num_bytes)
+            except pymysql.err.OperationalError as exc:
+                if self.kill_params is not None and isinstance(exc.__context__, TimeoutError):
+                    _kill(self.kill_params, self.server_thread_id[0])
+                raise
+            return data
+
+    return EndingConnection
+
+
+def _kill(params: dict[str, Any], thread_id: int) -> None:
+    """End server session ``thread_id``, if the server lets us in time (else nothing)."""
+    import pymysql
+
+    with contextlib.suppress(Exception):
+        side = pymysql.connect(**params)
+        try:
+            with side.cursor() as cursor:
+                cursor.execute(f"KILL {int(thread_id)}")
+        finally:
+            side.close()
 
 
 class BatchDeferral(Deferral):
@@ -138,8 +183,16 @@ class MySQLStrategy(DialectStrategy):
         # server's greeting is part of connecting too, so bound it the same way.
         read_timeout = cparams["read_timeout"]
         greeting = {**cparams, "read_timeout": min(cparams["connect_timeout"], read_timeout)}
-        connection = dialect.loaded_dbapi.connect(*cargs, **greeting)
+        connection = _ending_connection()(*cargs, **greeting)
         connection._read_timeout = read_timeout
+        bound = min(read_timeout, _KILL_TIMEOUT)
+        connection.kill_params = {
+            **cparams,
+            "connect_timeout": bound,
+            "read_timeout": bound,
+            "write_timeout": bound,
+            "client_flag": cparams["client_flag"] & ~_MULTI_STATEMENTS,
+        }
         return connection
 
     def on_connect(self, dbapi_connection: Any) -> None:

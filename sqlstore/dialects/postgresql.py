@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -34,6 +35,8 @@ _LOCK_NOT_AVAILABLE = "55P03"
 _NOT_NULL_VIOLATION = "23502"
 #: libpq's (and psycopg's) shortest connect timeout.
 _MIN_CONNECT_TIMEOUT = 2
+#: Longest wait for a cancel request to be delivered, after a read timeout.
+_CANCEL_TIMEOUT = 5.0
 
 
 def advisory_key(key: bytes) -> int:
@@ -50,7 +53,7 @@ def _timed_connection() -> Any:
     connection and then stopped answering would hang a call forever.
     """
     import psycopg
-    from psycopg import errors
+    from psycopg import capabilities, errors
 
     wait_timeout: type[Exception] = errors._WaitTimeout
 
@@ -63,6 +66,14 @@ def _timed_connection() -> Any:
                 limit = self.read_timeout if timeout is None else timeout
                 return super().wait(gen, interval, limit)
             except wait_timeout:
+                # Ask the server to cancel what it runs: a statement still waiting there
+                # (on a row lock, say) then fails, and its transaction rolls back with all
+                # that was sent after it. Else a lock block's writes and COMMIT, sent
+                # together, could commit after the caller was told the block failed. Only
+                # where libpq bounds the cancel's own wait (17 and later).
+                if capabilities.has_cancel_safe():
+                    with contextlib.suppress(Exception):
+                        self.cancel_safe(timeout=min(limit or _CANCEL_TIMEOUT, _CANCEL_TIMEOUT))
                 # The protocol is mid-exchange: this connection can never be used again.
                 self.pgconn.finish()
                 raise ServerTimeout(
