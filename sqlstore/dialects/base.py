@@ -24,7 +24,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from sqlalchemy import ColumnElement, Connection, Engine, Insert, Select, Table, TextClause, func
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Select,
+    Table,
+    TextClause,
+    bindparam,
+    func,
+    text,
+)
 from sqlalchemy.engine import URL
 
 from ..pooling import Timeouts
@@ -305,6 +316,11 @@ class DialectStrategy(ABC):
 TABLES = ("sqlstore_files", "sqlstore_chunks")
 #: The most hash partitions a layout may have.
 MAX_PARTITIONS = 1024
+
+
+def typed_text(sql: str, types: Mapping[str, Any], names: Iterable[str]) -> TextClause:
+    """A ``text()`` statement whose bind parameters ``names`` get their ``types``."""
+    return text(sql).bindparams(*(bindparam(name, type_=types[name]) for name in names))
 
 
 def schema_lock_key(conn: Connection) -> bytes:

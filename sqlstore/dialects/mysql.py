@@ -17,15 +17,20 @@ from sqlalchemy import (
     Select,
     Table,
     TextClause,
-    bindparam,
     func,
-    text,
 )
 from sqlalchemy.dialects.mysql import insert
 
 from ..deferral import Deferral, Params, StatementFailed
 from ..errors import DatabaseError, LockTimeoutError
-from .base import TABLES, DialectStrategy, check_partitions, schema_lock_key, timeout_seconds
+from .base import (
+    TABLES,
+    DialectStrategy,
+    check_partitions,
+    schema_lock_key,
+    timeout_seconds,
+    typed_text,
+)
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -235,12 +240,12 @@ class MySQLStrategy(DialectStrategy):
         where = "f.namespace = :ns"
         if subtree:
             where += " AND (f.file_id = :fid OR (f.parent >= :low AND f.parent < :high))"
-        statement = text(
+        return typed_text(
             "DELETE f, c FROM sqlstore_files AS f LEFT JOIN sqlstore_chunks AS c"
-            f" ON c.namespace = f.namespace AND c.file_id = f.file_id WHERE {where}"
+            f" ON c.namespace = f.namespace AND c.file_id = f.file_id WHERE {where}",
+            types,
+            ("ns", "fid", "low", "high") if subtree else ("ns",),
         )
-        names = ("ns", "fid", "low", "high") if subtree else ("ns",)
-        return statement.bindparams(*(bindparam(name, type_=types[name]) for name in names))
 
     def upsert(
         self,

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager, contextmanager
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, TextClause, bindparam, text
+from sqlalchemy import Connection, TextClause
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
@@ -22,6 +22,7 @@ from .base import (
     schema_lock_key,
     timeout_ms,
     timeout_seconds,
+    typed_text,
 )
 
 if TYPE_CHECKING:
@@ -218,13 +219,13 @@ class PostgreSQLStrategy(DialectStrategy):
         # Two deletes, each on one index: the file by its key, the files below it by the
         # listing index. With the two conditions OR-ed in one, a plan made without
         # statistics read the whole namespace through the primary key on every delete.
-        statement = text(
+        return typed_text(
             "WITH own AS (DELETE FROM sqlstore_files WHERE namespace = :ns AND file_id = :fid)"
             " DELETE FROM sqlstore_files"
-            " WHERE namespace = :ns AND parent >= :low AND parent < :high"
+            " WHERE namespace = :ns AND parent >= :low AND parent < :high",
+            types,
+            ("ns", "fid", "low", "high"),
         )
-        names = ("ns", "fid", "low", "high")
-        return statement.bindparams(*(bindparam(name, type_=types[name]) for name in names))
 
     def keeps_plans(self, dbapi_connection: Any) -> bool:
         # psycopg prepares statements unless told not to (PgBouncer before 1.21);
