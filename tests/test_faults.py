@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 import sqlstore
 from sqlstore import SQLFileStore, admin
 from tests.faults import kill_other_sessions, postgres_restart_command, restart_postgres
+from tests.holding import held_by_another_thread
 from tests.proxy import proxy_to
 
 SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
@@ -251,18 +251,7 @@ def test_password_never_shown(
 @SERVERS
 def test_namespaces_do_not_share_locks(engine: sa.Engine, backend: str) -> None:
     one, two = SQLFileStore(engine, "lock-ns-1"), SQLFileStore(engine, "lock-ns-2")
-    held = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with one.lock("events/.eventlog.lock"):
-            held.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert held.wait(10)
+    with held_by_another_thread(one, "events/.eventlog.lock"):
         started = time.monotonic()
         with two.lock("events/.eventlog.lock", timeout=2):
             pass
@@ -270,9 +259,6 @@ def test_namespaces_do_not_share_locks(engine: sa.Engine, backend: str) -> None:
         same = SQLFileStore(engine, "lock-ns-1")
         with pytest.raises(TimeoutError), same.lock("events/.eventlog.lock", timeout=0.3):
             pass
-    finally:
-        release.set()
-        thread.join()
 
 
 # -- a connection lost in the middle of a transaction outside a lock block -------------

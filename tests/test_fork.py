@@ -9,7 +9,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
 import time
 import uuid
 import warnings
@@ -19,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from sqlstore import SQLFileStore
+from tests.holding import held_by_another_thread
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -119,17 +119,7 @@ def test_a_forked_child_whose_other_parent_thread_held_a_lock_does_not_hang(
 ) -> None:
     store = SQLFileStore(engine, namespace)
     store.write("x", "1")
-    inside, leave = threading.Event(), threading.Event()
-
-    def hold_a_block() -> None:
-        with store.lock("held", timeout=10):
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=hold_a_block)
-    holder.start()
-    assert inside.wait(10)
-    try:
+    with held_by_another_thread(store, "held", timeout=10):
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -142,9 +132,6 @@ def test_a_forked_child_whose_other_parent_thread_held_a_lock_does_not_hang(
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert time.monotonic() - started < 30
-    finally:
-        leave.set()
-        holder.join()
 
 
 def test_stores_made_before_and_after_a_dispose_share_the_block(

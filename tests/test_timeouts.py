@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -12,6 +11,7 @@ from sqlalchemy.engine import URL
 
 import sqlstore
 from sqlstore import SQLFileStore
+from tests.holding import held_by_another_thread
 from tests.proxy import Proxy, proxy_to, silent_server
 
 SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
@@ -45,17 +45,7 @@ def test_a_lock_timeout_bounds_the_wait_for_a_pooled_connection(
 ) -> None:
     store = SQLFileStore(one_connection, namespace)
     store.write("x", "1")
-    inside, leave = threading.Event(), threading.Event()
-
-    def hold_the_only_connection() -> None:
-        with store.lock("busy", timeout=5):
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=hold_the_only_connection)
-    holder.start()
-    try:
-        assert inside.wait(10)
+    with held_by_another_thread(store, "busy", timeout=5):  # the only connection
         # Another path, so only the pool is in the way: the lock's 0.5 s bound it.
         took = _elapsed(lambda: store.lock("free", timeout=0.5).__enter__(), TimeoutError)
         assert took < 2.0
@@ -66,9 +56,6 @@ def test_a_lock_timeout_bounds_the_wait_for_a_pooled_connection(
             store.read("x")
         assert isinstance(error.value, TimeoutError)
         assert isinstance(error.value, OSError)
-    finally:
-        leave.set()
-        holder.join()
     assert store.read("x") == "1"
     with store.lock("free", timeout=1):
         store.write("y", "2")
@@ -134,23 +121,10 @@ def test_a_lock_wait_longer_than_the_read_timeout_is_not_taken_for_silence(
 ) -> None:
     _, engine = behind_a_proxy
     store = SQLFileStore(engine, namespace)
-    inside, leave = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with store.lock("l", timeout=5):
-            inside.set()
-            leave.wait(30)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert inside.wait(10)
+    with held_by_another_thread(store, "l", timeout=5):
         # The server answers a 3.5 s lock wait after 3.5 s, beyond the 2 s read timeout.
         took = _elapsed(lambda: store.lock("l", timeout=3.5).__enter__(), sqlstore.LockTimeoutError)
         assert 3.0 < took < 6
-    finally:
-        leave.set()
-        holder.join()
     with store.lock("l", timeout=3):
         store.write("done", "yes")
     assert store.read("done") == "yes"
