@@ -53,10 +53,12 @@ CLAIM_TIMEOUT = 5.0
 #: Seconds a fenced write waits for the owner lock.
 GUARD_TIMEOUT = 30.0
 
-#: Set while the server recovers conversations at start-up: a conversation owned by a
-#: live replica is then skipped quietly, as the stock server does, instead of refused.
-recovering: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "sqlstore_agent_server_recovering", default=False
+#: Set where the stock server treats a conversation another live server holds as "not
+#: loaded here" (recovery at start-up, a create naming an existing conversation): the
+#: claim then raises the stock ``ConversationLeaseHeldError``, which the server skips
+#: quietly, instead of the 409 a write gets.
+not_loaded_when_owned: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sqlstore_agent_server_not_loaded_when_owned", default=False
 )
 
 
@@ -260,9 +262,9 @@ class SQLConversationLease:
 
         Raises:
             ConversationOwnershipLostError: (a subclass) a live replica owns it, or the
-                owner lock stayed busy; the server answers 409. While the server
-                recovers conversations at start-up, ``ConversationLeaseHeldError``
-                instead, which it skips quietly.
+                owner lock stayed busy; the server answers 409. Where the stock
+                server would skip it as not loaded here (:data:`not_loaded_when_owned`),
+                ``ConversationLeaseHeldError`` instead.
         """
         from openhands.agent_server.conversation_lease import LeaseClaim
 
@@ -327,7 +329,7 @@ class SQLConversationLease:
 
     def _held(self, owner: str) -> Exception:
         error: Exception
-        if recovering.get():
+        if not_loaded_when_owned.get():
             from openhands.agent_server.conversation_lease import ConversationLeaseHeldError
 
             error = ConversationLeaseHeldError(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from .layout import BASE_STATE, OWNER_LOCK, conversation_of
-from .ownership import free_to_delete, recovering
+from .ownership import free_to_delete, not_loaded_when_owned
 
 if TYPE_CHECKING:
     from .install import Installation
@@ -112,13 +112,22 @@ def refreshing(installation: Installation, original: Any) -> Any:
 
 
 def start_conversation(installation: Installation, original: Any) -> Any:
-    """``ConversationService._start_conversation``: a client-chosen id is refreshed first."""
+    """``ConversationService._start_conversation``: a client-chosen id is refreshed first.
+
+    A create naming a conversation another live replica runs answers as the stock
+    server does when another server holds the lease: the existing conversation, not
+    started here (``started=false``), nothing of it changed.
+    """
 
     @functools.wraps(original)
     async def _start_conversation(self: Any, request: Any) -> Any:
         if request.conversation_id is not None:
             await installation.refresh(self, request.conversation_id)
-        return await original(self, request)
+        token = not_loaded_when_owned.set(True)
+        try:
+            return await original(self, request)
+        finally:
+            not_loaded_when_owned.reset(token)
 
     return _start_conversation
 
@@ -207,11 +216,11 @@ def enter(installation: Installation, original: Any) -> Any:
 
     @functools.wraps(original)
     async def __aenter__(self: Any) -> Any:
-        token = recovering.set(True)
+        token = not_loaded_when_owned.set(True)
         try:
             return await original(self)
         finally:
-            recovering.reset(token)
+            not_loaded_when_owned.reset(token)
 
     return __aenter__
 
