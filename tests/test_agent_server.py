@@ -394,6 +394,29 @@ def test_sqlstore_import_of_a_stock_server_directory_carries_meta_and_skips_the_
     ]
 
 
+@direct
+def test_a_restarted_non_owner_answers_the_runtime_routes_without_a_server_error(
+    pair: Pair,
+) -> None:
+    """The routes bound to a conversation's runtime, asked of a replica that does not
+    run it (restarted, so nothing of it is in memory) while its owner lives."""
+    conversation = pair.create(pair.a, "owned by A, asked of B")
+    owner = pair.owner(conversation)
+    pair.b.terminate()
+    pair.b.restart()
+    base = f"/api/conversations/{conversation}"
+    status, body = pair.b.client.call("GET", f"{base}/file/download-trajectory/{conversation}")
+    assert status == 200, body
+    hex_id = uuid.UUID(conversation).hex
+    assert f"{hex_id}/meta.json" in zipfile.ZipFile(io.BytesIO(body)).namelist()
+    for route in ("bash/bash_events/search", "vscode/status", "git/changes"):
+        query = f"?path={pair.workspace}" if route.startswith("git") else ""
+        status, body = pair.b.client.call("GET", f"{base}/{route}{query}")
+        # The runtime runs on A: refused as a write is (409), never a server error.
+        assert status == 409, (route, status, body)
+    assert pair.owner(conversation) == owner
+
+
 # -- replicas stopping ------------------------------------------------------------------
 
 

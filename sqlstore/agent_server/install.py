@@ -184,6 +184,7 @@ def _server_modules() -> dict[str, ModuleType]:
             conversation_service,
             event_service,
             file_router,
+            runtime_router,
         )
         from openhands.sdk.utils import cipher
     except ImportError as exc:
@@ -197,6 +198,7 @@ def _server_modules() -> dict[str, ModuleType]:
         "conversation_service": conversation_service,
         "event_service": event_service,
         "file_router": file_router,
+        "runtime_router": runtime_router,
         "cipher": cipher,
     }
 
@@ -257,6 +259,12 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
             "serves_persisted_event_reads",
             ("self", "_conversation_id"),
             service.serves_persisted_event_reads,
+        ),
+        Patch(
+            modules["runtime_router"],
+            "bind_local_conversation_runtime",
+            ("runtime_conversation_id", "request"),
+            service.bind_runtime,
         ),
         Patch(event_class, "start", ("self",), events.start),
         Patch(event_class, "load_meta", ("self",), events.load_meta),

@@ -8,7 +8,8 @@
   database (``_reconcile_active_records`` runs first in both), and every call naming
   one conversation first refreshes that one: other replicas' conversations appear,
   change and disappear without a restart.
-* ``get_persisted_event_service`` serves event reads from the database.
+* ``get_persisted_event_service`` serves event reads from the database; the routes
+  bound to a conversation's runtime load the runtime, as the stock server does.
 * ``delete_conversation`` also deletes the namespace, unless another replica took
   the conversation over in between.
 * A runtime whose fenced write was refused (another replica took the conversation
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from typing import TYPE_CHECKING, Any
@@ -238,6 +240,53 @@ def leave(installation: Installation, original: Any) -> Any:
     return __aexit__
 
 
+#: Set while a route bound to a conversation's runtime resolves it.
+runtime_required: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sqlstore_agent_server_runtime_required", default=False
+)
+
+
+def bind_runtime(installation: Installation, original: Any) -> Any:
+    """``runtime_router.bind_local_conversation_runtime``: the runtime, never a view.
+
+    The routes under ``/api/conversations/{id}/`` that use the conversation's runtime
+    (its workspace, terminal, VS Code, git) get the runtime, loaded (and claimed) as
+    the stock server loads it, never the database read view, which has none.
+    """
+
+    @functools.wraps(original)
+    async def bind_local_conversation_runtime(runtime_conversation_id: UUID, request: Any) -> None:
+        if _TRAJECTORY in request.url.path:
+            # Served from the database (see .trajectory): no runtime to bind, so any
+            # replica answers it, the owner running elsewhere or not.
+            _check_trajectory_id(
+                request.path_params.get("conversation_id"), runtime_conversation_id
+            )
+            return
+        token = runtime_required.set(True)
+        try:
+            await original(runtime_conversation_id, request)
+        finally:
+            runtime_required.reset(token)
+
+    return bind_local_conversation_runtime
+
+
+_TRAJECTORY = "/file/download-trajectory/"
+
+
+def _check_trajectory_id(trajectory_id: str | None, runtime_conversation_id: UUID) -> None:
+    """The stock route's check: the trajectory must be the selected conversation's."""
+    from fastapi import HTTPException
+
+    try:
+        matches = UUID(str(trajectory_id)) == runtime_conversation_id
+    except ValueError as exc:
+        raise HTTPException(422, "Invalid trajectory conversation id") from exc
+    if not matches:
+        raise HTTPException(422, "Trajectory must belong to the selected conversation")
+
+
 def configure_service(installation: Installation, original: Any) -> Any:
     """``ConversationRegistry.configure_service``: remember the service for event reads."""
 
@@ -254,12 +303,13 @@ def serves_persisted_event_reads(installation: Installation, original: Any) -> A
 
     Event reads of a conversation this replica does not run (or no longer owns) come
     from the database and claim nothing, so any replica can read any conversation.
+    Not for the runtime-bound routes (:func:`bind_runtime`): they need the runtime.
     """
 
     @functools.wraps(original)
     def serves(self: Any, conversation_id: UUID) -> bool:
         service = getattr(self, "_sqlstore_conversation_service", None)
-        if service is None:
+        if service is None or runtime_required.get():
             return bool(original(self, conversation_id))
         runtime = (service._event_services or {}).get(conversation_id)
         if runtime is None or not runtime.is_open():
