@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from ..admin import require_schema
 from ..sdk import ConversationRouting, route_conversations
 from ..store import SQLFileStore
-from . import events, service, trajectory
+from . import events, forwarding, service, trajectory
 from .catalog import Catalog
 from .ownership import DEAD_AFTER, HEARTBEAT_INTERVAL, Replicas, SQLConversationLease, lease_class
 from .patching import ClassPatch, Patch, RoutePatch, missing_attributes, missing_fields
@@ -44,6 +44,8 @@ class Installation:
         self.lease_class: type[SQLConversationLease] = lease_class(replicas)
         self.event_service_class: Any = modules["event_service"].EventService
         self.read_view_class: Any = events.read_view_class(self.event_service_class)
+        #: The server's ``ConversationService``, once the app has configured it.
+        self.conversation_service: Any = None
         self._patches: list[Patch] = []
         self._routing: ConversationRouting | None = None
 
@@ -110,6 +112,7 @@ def install(
     *,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     dead_after: float = DEAD_AFTER,
+    replica_url: str | None = None,
 ) -> Installation:
     """Keep the agent server's conversations in sqlstore, in this process.
 
@@ -124,6 +127,9 @@ def install(
         heartbeat_interval: Seconds between this replica's heartbeats.
         dead_after: Seconds without a heartbeat, as this replica counts them, after
             which it may take over another replica's conversations.
+        replica_url: The URL the other replicas reach this server on; requests for
+            conversations it owns are forwarded there (see :mod:`.forwarding`).
+            ``None``: nothing is forwarded to it.
 
     Returns:
         A handle whose ``uninstall()`` (or ``with`` block exit) restores the server.
@@ -163,7 +169,7 @@ def install(
             stacklevel=2,
         )
     require_schema(engine)
-    replicas = Replicas(engine, heartbeat_interval, dead_after)
+    replicas = Replicas(engine, heartbeat_interval, dead_after, replica_url)
     with _lock:
         installation = Installation(engine, replicas, modules)
         installation._routing = route_conversations(engine)
@@ -184,6 +190,7 @@ def _server_modules() -> dict[str, ModuleType]:
             conversation_service,
             event_service,
             file_router,
+            middleware,
             runtime_router,
         )
         from openhands.sdk.utils import cipher
@@ -199,6 +206,7 @@ def _server_modules() -> dict[str, ModuleType]:
         "event_service": event_service,
         "file_router": file_router,
         "runtime_router": runtime_router,
+        "middleware": middleware,
         "cipher": cipher,
     }
 
@@ -293,6 +301,13 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
                 "guarded_write": ("self", "generation"),
                 "release": ("self", "generation"),
             },
+        ),
+        ClassPatch(
+            modules["middleware"],
+            "CORSDispatcher",
+            (),
+            forwarding.cors_dispatcher,
+            methods={"__init__": ("self", "app", "allow_origins", "allow_origin_regex")},
         ),
         RoutePatch(
             modules["file_router"],

@@ -98,14 +98,21 @@ class Replicas:
         interval: Seconds between heartbeats (and between observations).
         dead_after: Seconds without a change of heartbeat, on this process's monotonic
             clock, after which a replica is taken for dead. At least twice ``interval``.
+        url: The URL other replicas reach this one on (written into its heartbeats),
+            or ``None`` when it is not reachable (nothing is forwarded to it).
     """
 
     def __init__(
-        self, engine: Engine, interval: float = HEARTBEAT_INTERVAL, dead_after: float = DEAD_AFTER
+        self,
+        engine: Engine,
+        interval: float = HEARTBEAT_INTERVAL,
+        dead_after: float = DEAD_AFTER,
+        url: str | None = None,
     ) -> None:
         if interval <= 0 or dead_after < 2 * interval:
             raise ValueError("dead_after must be at least twice the heartbeat interval")
         self.engine = engine
+        self.url = url.rstrip("/") if url else None
         self.interval = interval
         self.dead_after = dead_after
         self._store = SQLFileStore(engine, REPLICAS_NAMESPACE, read_ahead=0)
@@ -159,6 +166,15 @@ class Replicas:
             return False
         return self._note(owner, current)
 
+    def url_of(self, owner: str) -> str | None:
+        """The URL ``owner`` is reached on, from its heartbeat (``None``: unknown)."""
+        try:
+            record = json.loads(self._store.read_bytes(_heartbeat_path(owner)))
+        except (FileNotFoundError, ValueError):
+            return None
+        url = record.get("url") if isinstance(record, dict) else None
+        return str(url) if url else None
+
     def _note(self, owner: str, content: bytes) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -174,7 +190,12 @@ class Replicas:
                 return
             self._beats[owner] += 1
             count = self._beats[owner]
-        record = {"beat": count, "host": socket.gethostname(), "pid": os.getpid()}
+        record = {
+            "beat": count,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "url": self.url,
+        }
         self._store.write(_heartbeat_path(owner), json.dumps(record))
 
     def _observe(self) -> None:

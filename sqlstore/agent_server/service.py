@@ -293,6 +293,7 @@ def configure_service(installation: Installation, original: Any) -> Any:
     @functools.wraps(original)
     def configure(self: Any, service: Any) -> None:
         self._sqlstore_conversation_service = service
+        installation.conversation_service = service
         original(self, service)
 
     return configure
