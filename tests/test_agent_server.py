@@ -470,15 +470,17 @@ def test_a_frozen_owner_is_taken_over_and_its_late_write_is_refused(pair: Pair) 
     owner = pair.owner(conversation)
     assert owner["owner"] != first_owner["owner"]
     assert owner["generation"] == first_owner["generation"] + 1
-    events = pair.stored_events(conversation)
 
     # A client's request to the woken replica: A itself never writes. Either A still
     # takes itself for the owner and its fenced write is refused (409, nothing lands),
     # or one of its own late writes was refused already and it forwards the request to
     # B, the owner, which runs it (200).
+    pair.wait_quiet(conversation)  # B's run is over: a 409 can only be the refusal
+    events = pair.stored_events(conversation)
     status, answer = pair.a.client.send(conversation, "late write")
     assert status in (200, 409), answer
     if status == 409:
+        assert "owned by another agent server instance" in answer["detail"], answer
         time.sleep(1.0)
         assert pair.stored_events(conversation) == events
     else:

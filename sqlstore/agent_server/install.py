@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import sys
 import threading
 import warnings
@@ -20,10 +21,21 @@ from ..store import SQLFileStore
 from . import events, forwarding, service, trajectory
 from .catalog import Catalog
 from .ownership import DEAD_AFTER, HEARTBEAT_INTERVAL, Replicas, SQLConversationLease, lease_class
-from .patching import ClassPatch, Patch, RoutePatch, missing_attributes, missing_fields
+from .patching import (
+    ClassPatch,
+    Patch,
+    PropertyPatch,
+    RoutePatch,
+    missing_attributes,
+    missing_fields,
+)
 
 #: The openhands-agent-server versions this is written and tested against.
-TESTED_SERVER_VERSIONS = ">=1.58,<1.59"
+TESTED_SERVER_VERSIONS = ">=1.56,<1.59"
+#: Their release series (``major.minor``).
+TESTED_SERIES = ("1.56", "1.57", "1.58")
+#: Set to ``1`` to install on another release anyway, skipping what differs.
+ALLOW_UNTESTED = "SQLSTORE_AGENT_SERVER_ALLOW_UNTESTED"
 
 
 class Installation:
@@ -135,8 +147,12 @@ def install(
         A handle whose ``uninstall()`` (or ``with`` block exit) restores the server.
 
     Raises:
-        RuntimeError: the installed server differs from the one this was written for
-            (the message lists every difference), or its app is already built.
+        RuntimeError: the installed server is not a tested release
+            (:data:`TESTED_SERVER_VERSIONS`) or differs from the one this was written
+            for (the message lists every difference), or its app is already built.
+            With ``SQLSTORE_AGENT_SERVER_ALLOW_UNTESTED=1`` an untested release is
+            installed anyway, with a warning, skipping each replacement that does not
+            fit (that part of the server stays stock: at the operator's own risk).
         ImportError: the server is not installed (``pip install sqlstore[agent-server]``).
         SchemaError: the database is not migrated.
     """
@@ -154,17 +170,20 @@ def install(
     patches = _patches(modules)
     problems = [problem for patch in patches if (problem := patch.problem())]
     problems += [problem for problem in _needs(modules) if problem]
-    version = metadata.version("openhands-agent-server")
-    if problems:
-        listing = "\n  ".join(problems)
-        raise RuntimeError(
+    version = server_version()
+    tested = ".".join(version.split(".")[:2]) in TESTED_SERIES
+    if problems or not tested:
+        listing = "\n  ".join(problems or ["(no signature differs; the release is untested)"])
+        message = (
             f"sqlstore.agent_server supports openhands-agent-server {TESTED_SERVER_VERSIONS}; "
             f"the installed {version} differs:\n  {listing}"
         )
-    if not version.startswith("1.58."):
+        if os.environ.get(ALLOW_UNTESTED) != "1":
+            raise RuntimeError(f"{message}\n(set {ALLOW_UNTESTED}=1 to run it anyway)")
+        # The operator's choice: what still fits is installed, the rest stays stock.
+        patches = [patch for patch in patches if patch.problem() is None]
         warnings.warn(
-            f"sqlstore.agent_server is tested with openhands-agent-server "
-            f"{TESTED_SERVER_VERSIONS}, not {version}",
+            f"{message}\n{ALLOW_UNTESTED}=1: installing only what fits, at your own risk",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -180,6 +199,11 @@ def install(
     replicas.start()
     atexit.register(installation.uninstall)
     return installation
+
+
+def server_version() -> str:
+    """The installed openhands-agent-server's version."""
+    return metadata.version("openhands-agent-server")
 
 
 def _server_modules() -> dict[str, ModuleType]:
@@ -262,12 +286,7 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
             service.leave,
         ),
         Patch(registry, "configure_service", ("self", "service"), service.configure_service),
-        Patch(
-            registry,
-            "serves_persisted_event_reads",
-            ("self", "_conversation_id"),
-            service.serves_persisted_event_reads,
-        ),
+        _serves_persisted_event_reads(registry),
         Patch(
             modules["runtime_router"],
             "bind_local_conversation_runtime",
@@ -317,6 +336,23 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
             router="file_router",
         ),
     ]
+
+
+def _serves_persisted_event_reads(registry: Any) -> Patch:
+    """A method taking the conversation since server 1.57; a property in 1.56."""
+    if isinstance(vars(registry).get("serves_persisted_event_reads"), property):
+        return PropertyPatch(
+            registry,
+            "serves_persisted_event_reads",
+            ("self",),
+            service.serves_persisted_event_reads_property,
+        )
+    return Patch(
+        registry,
+        "serves_persisted_event_reads",
+        ("self", "_conversation_id"),
+        service.serves_persisted_event_reads,
+    )
 
 
 def _needs(modules: dict[str, ModuleType]) -> list[str | None]:

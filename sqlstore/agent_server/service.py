@@ -172,6 +172,9 @@ def get_persisted_event_service(installation: Installation, original: Any) -> An
     async def get_persisted_event_service(self: Any, conversation_id: UUID) -> Any:
         if self._event_services is None:
             raise ValueError("inactive_service")
+        runtime = self._event_services.get(conversation_id)
+        if runtime is not None and runtime.is_open() and not getattr(runtime._lease, "lost", False):
+            return runtime  # it runs here: its memory is authoritative
         await installation.refresh(self, conversation_id)
         record = self._conversation_records.get(conversation_id)
         if record is None:
@@ -297,6 +300,24 @@ def configure_service(installation: Installation, original: Any) -> Any:
         original(self, service)
 
     return configure
+
+
+def serves_persisted_event_reads_property(installation: Installation, original: Any) -> Any:
+    """The getter of ``ConversationRegistry.serves_persisted_event_reads`` (server 1.56).
+
+    Before 1.57 the question names no conversation: the answer is yes, except for the
+    routes bound to a runtime, and :func:`get_persisted_event_service` hands out the
+    runtime itself when the conversation runs here.
+    """
+
+    @functools.wraps(original)
+    def serves(self: Any) -> bool:
+        service = getattr(self, "_sqlstore_conversation_service", None)
+        if service is None or runtime_required.get():
+            return bool(original(self))
+        return True
+
+    return serves
 
 
 def serves_persisted_event_reads(installation: Installation, original: Any) -> Any:
