@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
 
@@ -16,7 +17,7 @@ import sqlalchemy
 from opentelemetry import context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, Status, StatusCode
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 
 from .. import database
 from ..errors import LockTimeoutError
@@ -191,6 +192,8 @@ class Telemetry:
     def failed(self, database: database.Database, cause: BaseException, error: Exception) -> None:
         """Count a timeout or a refusal."""
         if isinstance(error, TimeoutError):
+            if isinstance(error, LockTimeoutError) and _acquiring.get():
+                return  # the lock() that gave up counts it (dialects raise most themselves)
             if isinstance(cause, sqlalchemy.exc.TimeoutError):
                 kind = "pool"
             elif isinstance(error, LockTimeoutError):
@@ -251,6 +254,10 @@ def _traced_lock(telemetry: Telemetry, method: Callable[..., Any]) -> Callable[.
     return lock
 
 
+#: Set while a traced ``lock()`` acquires: a lock timeout then is the lock's to count.
+_acquiring: ContextVar[bool] = ContextVar("sqlstore_telemetry_acquiring", default=False)
+
+
 class TracedLock:
     """A lock block in a ``sqlstore.lock`` span, timing its wait and how long it held."""
 
@@ -273,17 +280,23 @@ class TracedLock:
         span = telemetry.tracer.start_span("sqlstore.lock", attributes=attributes)
         token = context.attach(trace.set_span_in_context(span))
         started = time.monotonic()
+        acquiring = _acquiring.set(True)
         try:
             self._inner.__enter__()
         except BaseException as exc:
             waited = time.monotonic() - started
             outcome = "timeout" if isinstance(exc, LockTimeoutError) else "error"
             telemetry.lock_wait.record(waited, {**system, "sqlstore.lock.outcome": outcome})
+            if outcome == "timeout":
+                kind = {"sqlstore.timeout.kind": "lock", "error.type": error_type(exc)}
+                telemetry.timeouts.add(1, {**system, **kind})
             span.set_attribute("sqlstore.lock.wait", waited)
             telemetry.fail(span, exc)
             context.detach(token)
             span.end()
             raise
+        finally:
+            _acquiring.reset(acquiring)
         self._held = time.monotonic()
         waited = self._held - started
         telemetry.lock_wait.record(waited, {**system, "sqlstore.lock.outcome": "acquired"})
@@ -330,14 +343,33 @@ def _observe(meter: Meter, observer: Observer, options: CallbackOptions) -> Iter
     if active is None or active.meter is not meter:
         return []
     found: list[Observation] = []
+    named: dict[str, int] = {}
     for db in list(database._databases.values()):
-        attributes = {"db.system.name": db.name, "db.client.connection.pool.name": _pool_name(db)}
+        if not _in_use(db.engine.pool):
+            continue  # a disposed engine not yet collected, or one never used
+        name = pool_name(db.engine)
+        # Engines on one URL are told apart by their order of creation.
+        same = named[name] = named.get(name, 0) + 1
+        if same > 1:
+            name = f"{name} ({same})"
+        attributes = {"db.system.name": db.name, "db.client.connection.pool.name": name}
         found.extend(observer(db, attributes))
     return found
 
 
-def _pool_name(db: database.Database) -> str:
-    url: URL = db.engine.url
+def _in_use(pool: Any) -> bool:
+    """Whether ``pool`` holds or is asked for any connection (unknown: yes)."""
+    if not hasattr(pool, "checkedout"):
+        return True
+    return bool(pool.checkedout() or pool.checkedin() or waiting(pool))
+
+
+def pool_name(engine: Engine) -> str:
+    """The pool's ``pool_logging_name``, else the engine's URL without user and password."""
+    given = getattr(engine.pool, "logging_name", None)
+    if given:
+        return str(given)
+    url: URL = engine.url
     return url.set(username=None, password=None).render_as_string(hide_password=True)
 
 
