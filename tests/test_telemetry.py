@@ -288,9 +288,12 @@ def test_a_caller_waiting_for_a_pooled_connection_is_seen(
 
 
 def test_a_lock_timeout_is_counted(recorded: Recorded, store: SQLFileStore) -> None:
-    with held_by_another_thread(store, "taken"), pytest.raises(sqlstore.LockTimeoutError):
-        with store.lock("taken", timeout=0.2):
-            pass
+    with (
+        held_by_another_thread(store, "taken"),
+        pytest.raises(sqlstore.LockTimeoutError),
+        store.lock("taken", timeout=0.2),
+    ):
+        pass
     assert recorded.total("sqlstore.timeouts", **{"sqlstore.timeout.kind": "lock"}) == 1
     assert recorded.total("sqlstore.lock.wait.duration", **{"sqlstore.lock.outcome": "timeout"})
     (failed,) = [
