@@ -56,6 +56,7 @@ DURATION_BUCKETS = (
     60.0,
 )
 _CACHE_LIMIT = 4096
+OUTCOME = "sqlstore.lock.outcome"
 
 
 class Telemetry:
@@ -120,7 +121,7 @@ class Telemetry:
         )
         self._originals: dict[str, Any] = {}
         self._attributes: dict[tuple[str, str], Mapping[str, Any]] = {}
-        self._systems: dict[str, Mapping[str, str]] = {}
+        self._systems: dict[tuple[Any, ...], Mapping[str, str]] = {}
 
     # -- switching on and off ----------------------------------------------------------
 
@@ -148,11 +149,12 @@ class Telemetry:
 
     # -- attributes --------------------------------------------------------------------
 
-    def system(self, name: str) -> Mapping[str, str]:
-        """The attributes every metric of database ``name`` carries."""
-        found = self._systems.get(name)
+    def system(self, name: str, **more: str) -> Mapping[str, str]:
+        """The attributes of a metric of database ``name``, with ``more`` (cached)."""
+        key = (name, *more.items())
+        found = self._systems.get(key)
         if found is None:
-            found = self._systems[name] = {"db.system.name": name}
+            found = self._systems[key] = {"db.system.name": name, **more}
         return found
 
     def attributes(self, store: SQLFileStore) -> Mapping[str, Any]:
@@ -183,11 +185,16 @@ class Telemetry:
         else:
             span.set_status(Status(StatusCode.ERROR, kind))
 
+    def timeout(self, system: str, kind: str, error: BaseException) -> None:
+        """Count a timeout of ``kind``."""
+        more = {"sqlstore.timeout.kind": kind, "error.type": error_type(error)}
+        self.timeouts.add(1, self.system(system, **more))
+
     # -- hooks.Recorder ----------------------------------------------------------------
 
     def retried(self, database: database.Database, error: BaseException) -> None:
         """Count a retry."""
-        self.retries.add(1, {**self.system(database.name), "error.type": error_type(error)})
+        self.retries.add(1, self.system(database.name, **{"error.type": error_type(error)}))
 
     def failed(self, database: database.Database, cause: BaseException, error: Exception) -> None:
         """Count a timeout or a refusal."""
@@ -200,15 +207,10 @@ class Telemetry:
                 kind = "lock"
             else:
                 kind = "statement"
-            attributes = {
-                **self.system(database.name),
-                "sqlstore.timeout.kind": kind,
-                "error.type": error_type(error),
-            }
-            self.timeouts.add(1, attributes)
+            self.timeout(database.name, kind, error)
         # The exceptions of statements.REFUSALS: the only OSErrors translate() makes.
         elif isinstance(error, FileExistsError | IsADirectoryError):
-            self.refusals.add(1, {**self.system(database.name), "error.type": error_type(error)})
+            self.refusals.add(1, self.system(database.name, **{"error.type": error_type(error)}))
 
 
 def error_type(exc: BaseException) -> str:
@@ -232,14 +234,17 @@ def _traced(telemetry: Telemetry, name: str, method: Callable[..., Any]) -> Call
         if include_paths:
             attributes = {**attributes, "sqlstore.path": path}
         span = tracer.start_span(name, attributes=attributes)
-        token = context.attach(trace.set_span_in_context(span))
+        # A span nobody records (no SDK, or not sampled) need not be current: the
+        # statements' spans, if any, then hang from the caller's span.
+        token = context.attach(trace.set_span_in_context(span)) if span.is_recording() else None
         try:
             return method(self, path, *args, **kwargs)
         except BaseException as exc:
             telemetry.fail(span, exc)
             raise
         finally:
-            context.detach(token)
+            if token is not None:
+                context.detach(token)
             span.end()
 
     return call
@@ -276,9 +281,9 @@ class TracedLock:
         attributes["sqlstore.lock.nested"] = store._db.block() is not None
         if telemetry.include_paths:
             attributes["sqlstore.path"] = self._path
-        system = telemetry.system(store._db.name)
+        system = store._db.name
         span = telemetry.tracer.start_span("sqlstore.lock", attributes=attributes)
-        token = context.attach(trace.set_span_in_context(span))
+        token = context.attach(trace.set_span_in_context(span)) if span.is_recording() else None
         started = time.monotonic()
         acquiring = _acquiring.set(True)
         try:
@@ -286,20 +291,20 @@ class TracedLock:
         except BaseException as exc:
             waited = time.monotonic() - started
             outcome = "timeout" if isinstance(exc, LockTimeoutError) else "error"
-            telemetry.lock_wait.record(waited, {**system, "sqlstore.lock.outcome": outcome})
+            telemetry.lock_wait.record(waited, telemetry.system(system, **{OUTCOME: outcome}))
             if outcome == "timeout":
-                kind = {"sqlstore.timeout.kind": "lock", "error.type": error_type(exc)}
-                telemetry.timeouts.add(1, {**system, **kind})
+                telemetry.timeout(system, "lock", exc)
             span.set_attribute("sqlstore.lock.wait", waited)
             telemetry.fail(span, exc)
-            context.detach(token)
+            if token is not None:
+                context.detach(token)
             span.end()
             raise
         finally:
             _acquiring.reset(acquiring)
         self._held = time.monotonic()
         waited = self._held - started
-        telemetry.lock_wait.record(waited, {**system, "sqlstore.lock.outcome": "acquired"})
+        telemetry.lock_wait.record(waited, telemetry.system(system, **{OUTCOME: "acquired"}))
         span.set_attribute("sqlstore.lock.wait", waited)
         self._span, self._token = span, token
 
@@ -324,9 +329,10 @@ class TracedLock:
             raise
         finally:
             held = time.monotonic() - self._held
-            system = telemetry.system(self._store._db.name)
-            telemetry.lock_block.record(held, {**system, "sqlstore.lock.outcome": outcome})
-            context.detach(self._token)
+            system = telemetry.system(self._store._db.name, **{OUTCOME: outcome})
+            telemetry.lock_block.record(held, system)
+            if self._token is not None:
+                context.detach(self._token)
             span.end()
 
 
