@@ -7,49 +7,44 @@ Off until :func:`instrument` is called, and then free of cost again after
 Nothing here imports OpenTelemetry until :func:`instrument` runs, so sqlstore works the
 same without it.
 
-Spans (one per store call, a child of the caller's current span):
+Spans, one per store call, each a child of the caller's current span:
 
-========================  ============================================================
-``sqlstore.write``        :meth:`~sqlstore.SQLFileStore.write`
-``sqlstore.read``         :meth:`~sqlstore.SQLFileStore.read` and ``read_bytes``
-``sqlstore.exists``       :meth:`~sqlstore.SQLFileStore.exists`
-``sqlstore.list``         :meth:`~sqlstore.SQLFileStore.list`
-``sqlstore.delete``       :meth:`~sqlstore.SQLFileStore.delete`
-``sqlstore.lock``         a lock block, from the wait to its commit; the calls made
-                          inside it are its children
-========================  ============================================================
+- `sqlstore.write`, `sqlstore.read` (also for `read_bytes`), `sqlstore.exists`,
+  `sqlstore.list`, `sqlstore.delete`: the [`SQLFileStore`][sqlstore.SQLFileStore] call.
+- `sqlstore.lock`: a lock block, from its wait to its commit; the calls made inside it
+  are its children.
 
-Their attributes: ``db.system.name`` and ``db.system`` (``postgresql``, ``mysql``,
-``sqlite``), ``sqlstore.namespace.hash`` (:func:`namespace_hash`), on a lock span
-``sqlstore.lock.wait`` (seconds until the lock was held) and ``sqlstore.lock.nested``,
-on a failed call ``error.type``. Paths, namespaces, content and error messages (which
-name paths) are left out unless ``include_paths=True``, which adds ``sqlstore.path``
-and ``sqlstore.namespace`` and records exceptions.
+Their attributes: `db.system.name` and `db.system` (`postgresql`, `mysql`, `sqlite`),
+`sqlstore.namespace.hash` ([`namespace_hash`][sqlstore.telemetry.namespace_hash]); on a
+lock span `sqlstore.lock.wait` (seconds until the lock was held) and
+`sqlstore.lock.nested`; on a failed call `error.type` and an error status. Paths,
+namespaces and exception messages (which name paths) are left out unless
+`include_paths=True`, which adds `sqlstore.path` and `sqlstore.namespace` and records
+exceptions. Content is never recorded.
 
-Metrics:
+Metrics, each with `db.system.name`:
 
-==========================================  ===========  ===============================
-``db.client.connection.count``              {connection} pooled connections by
-                                                         ``db.client.connection.state``
-                                                         (``used``, ``idle``)
-``db.client.connection.pending_requests``   {request}    callers waiting for a pooled
-                                                         connection
-``db.client.connection.max``                {connection} the pool's limit (size + overflow)
-``sqlstore.lock.wait.duration``             s            from ``lock()`` entered to the
-                                                         lock held (or not), by
-                                                         ``sqlstore.lock.outcome``
-``sqlstore.lock.block.duration``            s            from the lock held to the block
-                                                         ended, by ``sqlstore.lock.outcome``
-``sqlstore.retries``                        {retry}      work run again after a transient
-                                                         failure, by ``error.type``
-``sqlstore.timeouts``                       {timeout}    by ``sqlstore.timeout.kind``
-                                                         (``lock``, ``statement``, ``pool``)
-``sqlstore.refusals``                       {refusal}    writes the database refused by
-                                                         the tree rules, by ``error.type``
-==========================================  ===========  ===============================
+- `db.client.connection.count` ({connection}): pooled connections by
+  `db.client.connection.state` (`used`, `idle`).
+- `db.client.connection.pending_requests` ({request}): callers waiting for a pooled
+  connection.
+- `db.client.connection.max` ({connection}): the most connections the pool opens.
+- `sqlstore.lock.wait.duration` (s): from entering a lock block to holding its lock or
+  giving up, by `sqlstore.lock.outcome` (`acquired`, `timeout`, `error`).
+- `sqlstore.lock.block.duration` (s): from the lock held to the block's end, by
+  `sqlstore.lock.outcome` (`committed`, `rolled_back`, `failed`).
+- `sqlstore.retries` ({retry}): work run again on a fresh connection after a transient
+  failure, by `error.type`.
+- `sqlstore.timeouts` ({timeout}): by `sqlstore.timeout.kind`: `lock` (not acquired in
+  time), `statement` (no answer within `read_timeout`), `pool` (no pooled connection
+  became free).
+- `sqlstore.refusals` ({refusal}): writes the database refused by the tree rules, by
+  `error.type` (`FileExistsError`, `IsADirectoryError`).
 
-Every metric carries ``db.system.name``; the pool metrics also
-``db.client.connection.pool.name`` (the engine's URL without user and password).
+The pool metrics also carry `db.client.connection.pool.name`: the pool's
+`pool_logging_name`, else the engine's URL without user and password (engines on one
+URL are numbered in the order they were made). They are observed when the meter
+provider collects, never on a store call.
 
 Example:
     >>> from opentelemetry.sdk.trace import TracerProvider
