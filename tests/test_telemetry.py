@@ -304,6 +304,54 @@ def test_a_lock_timeout_is_counted(recorded: Recorded, store: SQLFileStore) -> N
     )
 
 
+def test_a_pool_timeout_is_counted(recorded: Recorded, migrated_url: sa.URL) -> None:
+    engine = sqlstore.create_engine(migrated_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        store = SQLFileStore(engine, f"test-{uuid.uuid4().hex}")
+        failed: list[BaseException] = []
+
+        def exists() -> None:
+            try:
+                store.exists("x")
+            except BaseException as exc:
+                failed.append(exc)
+
+        with store.lock("busy"):  # holds the pool's only connection
+            waiter = threading.Thread(target=exists)
+            waiter.start()
+            waiter.join(10)
+        assert [type(e) for e in failed] == [sqlstore.DatabaseTimeoutError]
+        assert recorded.total("sqlstore.timeouts", **{"sqlstore.timeout.kind": "pool"}) == 1
+        assert recorded.total("sqlstore.timeouts") == 1
+    finally:
+        engine.dispose()
+
+
+@SERVERS
+def test_a_statement_timeout_is_counted(
+    recorded: Recorded, migrated_url: sa.URL, namespace: str
+) -> None:
+    engine = sqlstore.create_engine(migrated_url, read_timeout=1.0)
+    blocker = sa.create_engine(migrated_url, poolclass=sa.pool.NullPool)
+    store = SQLFileStore(engine, namespace)
+    try:
+        store.write("held", "before")
+        with blocker.connect() as conn:
+            conn.execute(  # holds the row's lock: the write below waits past read_timeout
+                sa.text("UPDATE sqlstore_files SET size = size WHERE namespace = :ns"),
+                {"ns": namespace},
+            )
+            with pytest.raises(sqlstore.DatabaseTimeoutError):
+                store.write("held", "after")
+            conn.rollback()
+        timeouts = recorded.total("sqlstore.timeouts", **{"sqlstore.timeout.kind": "statement"})
+        assert timeouts == 1
+        assert recorded.total("sqlstore.retries") == 0  # a timeout is never retried
+    finally:
+        engine.dispose()
+        blocker.dispose()
+
+
 def test_a_refused_write_is_counted(recorded: Recorded, store: SQLFileStore) -> None:
     store.write("file", "x")
     with pytest.raises(FileExistsError):
