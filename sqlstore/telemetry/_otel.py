@@ -364,9 +364,12 @@ def _observe(meter: Meter, observer: Observer, options: CallbackOptions) -> Iter
 
 
 def _in_use(pool: Any) -> bool:
-    """Whether ``pool`` holds or is asked for any connection (unknown: yes)."""
+    """Whether ``pool`` holds or is asked for any connection.
+
+    A pool that keeps no count (``NullPool``, as migrations use) has nothing to report.
+    """
     if not hasattr(pool, "checkedout"):
-        return True
+        return False
     return bool(pool.checkedout() or pool.checkedin() or waiting(pool))
 
 
@@ -381,8 +384,6 @@ def pool_name(engine: Engine) -> str:
 
 def _connections(db: database.Database, attributes: Mapping[str, str]) -> Iterable[Observation]:
     pool: Any = db.engine.pool
-    if not hasattr(pool, "checkedout"):  # a pool that does not count (e.g. NullPool)
-        return []
     return [
         Observation(pool.checkedout(), {**attributes, "db.client.connection.state": "used"}),
         Observation(pool.checkedin(), {**attributes, "db.client.connection.state": "idle"}),
