@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from ..database import Database
 
+__all__ = ["Recorder", "recorder"]
+
 
 class Recorder(Protocol):
     """What the database layer tells telemetry."""

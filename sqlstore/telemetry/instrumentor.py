@@ -19,6 +19,8 @@ from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-de
 
 from . import instrument, uninstrument
 
+__all__ = ["SQLStoreInstrumentor"]
+
 
 class SQLStoreInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """``SQLStoreInstrumentor().instrument(tracer_provider=..., meter_provider=...)``.
