@@ -128,7 +128,7 @@ def test_an_sdk_append_is_a_span_tree_under_the_callers_span(
         )
         assert span.status.status_code is StatusCode.UNSET
     assert lock.attributes is not None
-    assert 0 < float(lock.attributes["sqlstore.lock.wait"]) < 5  # type: ignore[arg-type]
+    assert 0 < float(lock.attributes["sqlstore.lock.wait"]) < 5  # seconds
     assert lock.attributes["sqlstore.lock.nested"] is False
 
     # The metrics of that append: its lock wait and block, and the engine's pool.
