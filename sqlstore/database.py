@@ -436,13 +436,11 @@ class Database:
         try:
             rows = conn.all(self._revision)
         except self._dbapi_error as exc:
-            # A connection failure is the caller's to handle; anything else means
-            # there is no version table.
-            if self._is_disconnect(exc, conn) or self.strategy.is_transient(exc):
-                raise
-            if self.strategy.is_timeout(exc):
-                raise
-            return None
+            # No version table: no schema. Anything else (a lost connection, a
+            # permission refused) is the caller's to handle.
+            if self.strategy.is_missing_table(exc):
+                return None
+            raise
         found = [str(version) for (version,) in rows]
         if len(found) > 1:
             raise SchemaError(f"{self.safe_url} records several sqlstore revisions: {found}")
