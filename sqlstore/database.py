@@ -352,15 +352,20 @@ class Database:
         if committed:
             return
         text = f"{self.name} error on {self.safe_url}: {type(error).__name__}: {error}"
+        raised: DatabaseError
         if committed is False:
-            raise DatabaseTimeoutError(
+            raised = DatabaseTimeoutError(
                 f"the lock block did not commit: its COMMIT went unanswered within "
                 f"read_timeout and the server rolled it back ({text})"
-            ) from error
-        raise CommitUnknownError(
-            f"the lock block's COMMIT went unanswered within read_timeout; whether it "
-            f"committed cannot be told ({text})"
-        ) from error
+            )
+        else:
+            raised = CommitUnknownError(
+                f"the lock block's COMMIT went unanswered within read_timeout; whether it "
+                f"committed cannot be told ({text})"
+            )
+        if hooks.recorder is not None:
+            hooks.recorder.failed(self, error, raised)
+        raise raised from error
 
     def _roll_back(self, block: Block, cause: BaseException) -> None:
         """End the block by rolling back; the body's own exception ``cause`` is what counts."""
