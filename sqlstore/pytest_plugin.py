@@ -121,8 +121,9 @@ def sqlstore_url(
     ``$SQLSTORE_TEST_URL``) naming a PostgreSQL or MySQL/MariaDB server, a database
     created for this session on that server (named ``sqlstore_test_<random>``) and
     dropped after it; if the user cannot connect, or may not create databases, the
-    session stops there with one error that says which. With ``sqlite://`` (in memory) it is just ``sqlite://``: the database
-    lives in :func:`sqlstore_engine`, so take the engine, not the URL.
+    session stops there with one error that says which. With ``sqlite://`` (in memory)
+    it is just ``sqlite://``: the database lives in :func:`sqlstore_engine`, so take
+    the engine, not the URL.
 
     Give the URL to an application that makes its own engine
     (``sqlstore.create_engine(url)``); a password in it is hidden when printed.
