@@ -60,11 +60,13 @@ def test_license_and_metadata() -> None:
 
 def test_every_public_module_has_a_reference_page() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
+    home = (ROOT / "docs" / "index.md").read_text()
     for name in PUBLIC_MODULES:
         page = "sqlstore" if name == "sqlstore" else name.removeprefix("sqlstore.")
         text = (ROOT / "docs" / "reference" / f"{page}.md").read_text()
         assert f"::: {name}\n" in text, name
         assert f"reference/{page}.md" in nav, name
+        assert f"(reference/{page}.md)" in home, f"{name} is not in docs/index.md's table"
 
 
 def _is_module(name: str) -> bool:
