@@ -42,7 +42,16 @@ class PooledConnection:
         deferral: How deferred statements travel now; ``None``: one at a time.
     """
 
-    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw", "statements")
+    __slots__ = (
+        "_restore",
+        "_strategy",
+        "closed",
+        "deferral",
+        "in_block",
+        "raw",
+        "spoiled",
+        "statements",
+    )
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
@@ -50,6 +59,8 @@ class PooledConnection:
         self.closed = False
         self.in_block = False
         self.deferral: Deferral | None = None
+        #: Whether the driver's state of the session is in doubt (see ``close``).
+        self.spoiled = False
         #: Statements run so far (see :func:`sqlstore.pooling.count_statements`).
         self.statements = 0
         # Engines not created in autocommit mode get it for the duration of the
@@ -211,6 +222,9 @@ class PooledConnection:
             self.rollback_quietly()
             if self.closed:
                 return
+        if self.spoiled:  # a deferral failed midway: see PipelineDeferral
+            self.invalidate()
+            return
         self.closed = True
         pooling.count_statements(self.raw, self.statements)
         try:

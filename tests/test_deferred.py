@@ -9,6 +9,7 @@ whole. On SQLite it is reported at the call. Either way nothing of the block lan
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 import sqlstore
 from sqlstore import SQLFileStore
@@ -86,3 +87,31 @@ def test_outside_a_block_refusals_are_reported_at_the_call(store: SQLFileStore) 
     with pytest.raises(FileExistsError):
         store.write("f/big", big)  # a multi-statement transaction on MariaDB
     assert store.list("") == ["d/", "f"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_statement_prepared_after_a_failure_in_the_pipeline_is_never_missing(
+    migrated_url: sa.URL, namespace: str
+) -> None:
+    """psycopg prepares a statement on its sixth run by sending it prepared in the
+    pipeline; after a failed statement the server skips it, yet psycopg records it as
+    prepared. The connection must not serve again with that record (it did: every later
+    run of the statement failed with "prepared statement does not exist")."""
+    engine = sqlstore.create_engine(migrated_url, pool_size=1, max_overflow=0)
+    try:
+        store = SQLFileStore(engine, namespace)
+        store.write("f", "a file")
+        # psycopg forgets its prepared statements when it first sees a ROLLBACK on a
+        # connection, not after: a block that rolls back once, beforehand.
+        with pytest.raises(Boom), store.lock("l", timeout=5):
+            raise Boom
+        for i in range(5):  # five runs of the write at depth 1: the next one is prepared
+            store.write(f"d/{i}", "x")
+        with pytest.raises(FileExistsError), store.lock("l", timeout=5):
+            store.write("f/g/h", "below a file")  # depth 2: refused, the pipeline aborts
+            store.write("d/5", "x")  # depth 1, sixth run: sent to be prepared
+        for i in range(6, 9):
+            store.write(f"d/{i}", "x")
+        assert store.list("d") == [f"d/{i}" for i in (0, 1, 2, 3, 4, 6, 7, 8)]
+    finally:
+        engine.dispose()

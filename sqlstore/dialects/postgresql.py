@@ -151,6 +151,17 @@ class PipelineDeferral(Deferral):
                 return label
         return None
 
+    def _aborted(self) -> bool:
+        """Whether a statement sent ahead failed or was skipped after a failure."""
+        from psycopg.pq import ExecStatus
+
+        done = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+        for cursor, _ in self._sent:
+            result = cursor.pgresult
+            if result is None or result.status not in done:
+                return True
+        return False
+
     def _leave(self, *, quietly: bool = False) -> None:
         """Sync (one round trip for everything sent) and leave pipeline mode."""
         if self._conn.deferral is self:
@@ -163,6 +174,13 @@ class PipelineDeferral(Deferral):
             if not quietly:
                 raise StatementFailed(exc, self._failed_label()) from exc
         finally:
+            # psycopg prepares a statement on its sixth run by sending it prepared; in
+            # a pipeline aborted by an earlier failure the server skips that, yet
+            # psycopg records it as prepared, and every later run of it on this
+            # connection would fail ("prepared statement does not exist"). Such a
+            # connection is discarded rather than pooled.
+            if self._aborted():
+                self._conn.spoiled = True
             self._mode = None
             for cursor, _ in self._sent:
                 cursor.close()
