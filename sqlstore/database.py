@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import TypeVar
 
 import sqlalchemy
 from sqlalchemy import Engine, column, select, table
@@ -195,9 +195,9 @@ class Database:
         return disconnect or self.strategy.is_transient(exc)
 
     def _is_disconnect(self, exc: Exception, conn: PooledConnection | None) -> bool:
-        """Whether ``exc`` means the connection is gone (SQLAlchemy's own test)."""
+        """Whether ``exc`` means the connection is gone (by code and state, not message)."""
         dbapi = None if conn is None or conn.closed else conn.dbapi
-        return bool(self.engine.dialect.is_disconnect(cast(Any, exc), dbapi, None))
+        return self.strategy.is_disconnect(exc, dbapi)
 
     def _discard(self, conn: PooledConnection, exc: BaseException) -> None:
         """Discard ``conn`` and every pooled connection as old as it.
@@ -461,7 +461,7 @@ class Database:
             exc = exc.orig
         if isinstance(exc, sqlalchemy.exc.TimeoutError):
             return self._pool_timeout(exc, acquiring)
-        refused = REFUSALS.get(self.strategy.refused_column(exc) or "")
+        refused = REFUSALS.get(self.strategy.refused_rule(exc) or "")
         if refused is not None:
             return refused(label or "the path")
         text = f"{self.name} error on {self.safe_url}: {type(exc).__name__}: {exc}"

@@ -34,6 +34,7 @@ from sqlalchemy import (
     TextClause,
     bindparam,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import URL
@@ -332,10 +333,33 @@ class DialectStrategy(ABC):
         """Whether a driver error means the server did not answer within a timeout."""
         return False
 
-    @abstractmethod
-    def refused_column(self, exc: BaseException) -> str | None:
-        """The column a NOT NULL violation names, if ``exc`` is one (a tree rule refused)."""
+    def directory_refusal(self) -> ColumnElement[Any]:
+        """The ``chunk_count`` value that fails a write whose path is a directory.
 
+        One past the largest ``INTEGER``: out of range, an error whose code differs
+        from the NOT NULL violation that refuses a write below a file.
+        """
+        return literal_column("2147483648")
+
+    @abstractmethod
+    def refused_rule(self, exc: BaseException) -> str | None:
+        """The tree rule that refused a write, if ``exc`` is such a refusal.
+
+        :data:`BELOW_A_FILE` or :data:`A_DIRECTORY`, told apart by the error's code
+        alone (see :meth:`sqlstore.statements.Statements.write`).
+        """
+
+    def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
+        """Whether ``exc`` means the connection is gone (``dbapi_connection``: ``None`` if unknown).
+
+        By the error's code and the connection's state, never by the message.
+        """
+        return False
+
+
+#: The tree rules a write may break (see :meth:`DialectStrategy.refused_rule`).
+BELOW_A_FILE = "below a file"
+A_DIRECTORY = "a directory"
 
 #: sqlstore's tables, in the order a layout change rebuilds them.
 TABLES = ("sqlstore_files", "sqlstore_chunks")

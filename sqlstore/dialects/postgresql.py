@@ -17,6 +17,8 @@ from ..deferral import Deferral, Params, StatementFailed
 from ..errors import LockTimeoutError, SchemaError
 from . import citus
 from .base import (
+    A_DIRECTORY,
+    BELOW_A_FILE,
     TABLES,
     DialectStrategy,
     check_partitions,
@@ -34,13 +36,16 @@ if TYPE_CHECKING:
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
 _TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _LOCK_NOT_AVAILABLE = "55P03"
-_NOT_NULL_VIOLATION = "23502"
 #: Plans cached per connection, except on Citus (see ``on_connect``): one round trip.
 _PLAN_MODE = (
     "SELECT set_config('plan_cache_mode', CASE WHEN EXISTS"
     " (SELECT FROM pg_extension WHERE extname = 'citus')"
     " THEN 'force_custom_plan' ELSE 'force_generic_plan' END, false)"
 )
+#: The tree rules' refusals (see Statements.write): not_null_violation, numeric_value_out_of_range.
+_REFUSALS = {"23502": BELOW_A_FILE, "22003": A_DIRECTORY}
+#: The server ended the session: admin_shutdown, crash_shutdown, cannot_connect_now.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
 #: libpq's (and psycopg's) shortest connect timeout.
 _MIN_CONNECT_TIMEOUT = 2
 #: Longest wait for a cancel request to be delivered, after a read timeout.
@@ -450,23 +455,30 @@ class PostgreSQLStrategy(DialectStrategy):
         code = getattr(exc, "sqlstate", None)
         if code is None:
             # psycopg raises OperationalError without a SQLSTATE when no server answers.
-            return type(exc).__name__ == "OperationalError"
+            import psycopg
+
+            return isinstance(exc, psycopg.OperationalError)
         return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
 
     def is_busy(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE
 
-    def refused_column(self, exc: BaseException) -> str | None:
-        if getattr(exc, "sqlstate", None) != _NOT_NULL_VIOLATION:
-            return None
-        column: str | None = exc.diag.column_name  # type: ignore[attr-defined]
-        return column
+    def refused_rule(self, exc: BaseException) -> str | None:
+        # The SQLSTATE alone: Citus reports a shard's error with its SQLSTATE but
+        # without the column and table fields.
+        return _REFUSALS.get(getattr(exc, "sqlstate", None) or "")
 
     def is_timeout(self, exc: BaseException) -> bool:
         from psycopg.errors import ConnectionTimeout
 
         server_timeout: type[Exception] = _timed_connection().ServerTimeout
         return isinstance(exc, ConnectionTimeout | server_timeout)
+
+    def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
+        if dbapi_connection is not None and (dbapi_connection.closed or dbapi_connection.broken):
+            return True
+        code = getattr(exc, "sqlstate", None)
+        return code is not None and (code.startswith("08") or code in _SERVER_GONE)
 
 
 def _rows(conn: Connection) -> citus.Rows:
