@@ -43,8 +43,8 @@ from tests.conftest import _server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-AGENT_BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer")
-DIRECT_BACKENDS = ("sqlite", "postgresql", "mysql")
+AGENT_BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer", "citus")
+DIRECT_BACKENDS = ("sqlite", "postgresql", "mysql", "citus")
 #: The issue's bound for a takeover after the owner was killed.
 TAKEOVER_BOUND = 5.0
 #: What each takeover took, by database, printed at the end (``pytest -s``).

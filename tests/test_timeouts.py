@@ -14,7 +14,7 @@ from sqlstore import SQLFileStore
 from tests.holding import held_by_another_thread
 from tests.proxy import Proxy, proxy_to, silent_server
 
-SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql", "citus"], indirect=True)
 URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:{port}/test",
     "mysql": "mysql+pymysql://root@127.0.0.1:{port}/test",
