@@ -13,6 +13,8 @@ every acknowledged event is in its log exactly once, and the log is contiguous.
 from __future__ import annotations
 
 import io
+import os
+import random
 import statistics
 import subprocess
 import sys
@@ -156,6 +158,46 @@ def test_statements_are_planned_per_call_on_citus(engine: sa.Engine) -> None:
         assert cursor.fetchone()[0] == "force_custom_plan"
     finally:
         raw.close()
+
+
+def _outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+    try:
+        found = call()
+    except OSError as exc:
+        # The contract's refusal of a write below a file is FileExistsError; the OS
+        # says NotADirectoryError when the file is further up than the parent.
+        kind = type(exc).__name__.replace("NotADirectoryError", "FileExistsError")
+        return "error", kind.replace("DatabaseError", f"DatabaseError: {exc}")
+    return "ok", sorted(found) if isinstance(found, list) else found
+
+
+def _prune(root: Path) -> None:
+    """Remove empty directories: sqlstore's directories exist while files lie below them."""
+    for directory, _, _ in sorted(os.walk(root), key=lambda d: -len(d[0])):
+        if Path(directory) != root and not os.listdir(directory):
+            os.rmdir(directory)
+
+
+def test_random_operations_match_local_file_store(engine: sa.Engine, tmp_path: Path) -> None:
+    from openhands.sdk.io import LocalFileStore
+
+    rng = random.Random(17)
+    store = sqlstore.SQLFileStore(engine, f"vs-local-{uuid.uuid4().hex}")
+    local = LocalFileStore(str(tmp_path))
+    divergences = []
+    for i in range(1600):
+        path = "/".join(rng.choice("abc") for _ in range(rng.randint(1, 3)))
+        op = rng.choice(["write", "write", "read", "list", "exists", "delete"])
+        args: tuple[str, ...] = (path, f"v{i}") if op == "write" else (path,)
+        ours = _outcome(lambda: getattr(store, op)(*args))  # noqa: B023
+        theirs = _outcome(lambda: getattr(local, op)(*args))  # noqa: B023
+        _prune(tmp_path)
+        if op == "list" and ours[0] == theirs[0] == "ok":
+            theirs = ("ok", sorted(p.replace(f"{tmp_path}/", "") for p in theirs[1]))
+        if ours != theirs:
+            divergences.append((op, path, ours, theirs))
+    print(f"\ncitus: 1600 random operations, {len(divergences)} divergences from LocalFileStore")
+    assert divergences == []
 
 
 # -- distributed faults -------------------------------------------------------------------
