@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from sqlstore import SQLFileStore, admin
+from sqlstore.agent_server import _queries
 from sqlstore.connection import PooledConnection
 from tests.test_retention import age_namespace
 
@@ -209,7 +210,9 @@ def test_on_citus_every_per_conversation_statement_is_a_single_task_router_plan(
 ) -> None:
     namespace = f"route-{uuid.uuid4().hex}"
     _workload(engine, namespace, tmp_path)
-    assert admin.namespaces(engine, prefix="route-") == []  # spans namespaces by design
+    # What spans namespaces by design: the namespaces listing, the agent server's catalog.
+    assert admin.namespaces(engine, prefix="route-") == []
+    assert _queries.root_files(engine, ["meta.json", "base_state.json"]) == []
     ours: dict[str, Any] = {}
     spanning: dict[str, Any] = {}
     for sql, params in recorded:
