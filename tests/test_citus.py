@@ -245,7 +245,12 @@ def _under_writers(
             pool.apply_async(writer, (url, namespaces[w:] + namespaces[:w], w, str(stop)))
             for w in range(WRITERS)
         ]
-        time.sleep(4)
+        # The fault starts once every writer has gone round its conversations once.
+        deadline = time.monotonic() + 180
+        while not all(Path(f"{stop}.writing-{w}").exists() for w in range(WRITERS)):
+            assert time.monotonic() < deadline, "the writers did not start"
+            time.sleep(0.2)
+        time.sleep(2)
         fault(namespaces)
         time.sleep(4)
         stop.touch()
@@ -283,7 +288,7 @@ def _report(name: str, appends: list[Append], window: tuple[float, float]) -> st
     return (
         f"\ncitus {name}: {len(ok)} appends acknowledged, "
         f"{sum(a.error is not None for a in appends)} failed; fault {window[1] - window[0]:.1f} s; "
-        f"append median {statistics.median(before) * 1000:.1f} ms before, "
+        f"append median {statistics.median(before or [0.0]) * 1000:.1f} ms before, "
         f"slowest {slowest * 1000:.0f} ms during"
     )
 
