@@ -187,8 +187,12 @@ def _prune(root: Path) -> None:
             os.rmdir(directory)
 
 
-def test_random_operations_match_local_file_store(engine: sa.Engine, tmp_path: Path) -> None:
+def test_random_operations_match_local_file_store(
+    engine: sa.Engine, migrated_url: URL, tmp_path: Path
+) -> None:
     from openhands.sdk.io import LocalFileStore
+
+    assert citus.layout(_rows(migrated_url)).distributed  # the backend's own migration did it
 
     rng = random.Random(17)
     store = sqlstore.SQLFileStore(engine, f"vs-local-{uuid.uuid4().hex}")
