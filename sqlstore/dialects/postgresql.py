@@ -246,7 +246,8 @@ class PostgreSQLStrategy(DialectStrategy):
         # Citus coordinator PostgreSQL chooses (`auto`): Citus prices the generic plans
         # it cannot run out of reach, so those are planned per call for their values,
         # and the simple lookups keep a generic plan that Citus routes at run time.
-        # Measured there (bench.citus): per-call plans for everything cost 1.0x-1.4x.
+        # Measured there (bench.citus), per-call plans for everything did no better
+        # (0.5x-1.1x of this, within the test machine's noise).
         with dbapi_connection.cursor() as cursor:
             cursor.execute(_PLAN_MODE)
         if not dbapi_connection.autocommit:  # an engine not in autocommit mode
