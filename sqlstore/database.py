@@ -46,6 +46,7 @@ from .errors import (
 from .pooling import Timeouts
 from .schema import SCHEMA_REVISION, VERSION_TABLE
 from .statements import REFUSALS, Statement, Statements
+from .telemetry import hooks
 
 T = TypeVar("T")
 
@@ -161,7 +162,7 @@ class Database:
                 if not retry or attempt + 1 == RETRY_ATTEMPTS:
                     raise self.translate(error, acquiring=acquiring, label=label) from error
             except sqlalchemy.exc.TimeoutError as exc:  # no pooled connection became free
-                raise self._pool_timeout(exc, acquiring) from exc
+                raise self.translate(exc, acquiring=acquiring) from exc
             except BaseException as exc:
                 if conn is not None:
                     if isinstance(exc, Exception):
@@ -173,6 +174,8 @@ class Database:
                 if not keep_open:
                     conn.close()
                 return result
+            if hooks.recorder is not None:
+                hooks.recorder.retried(self, error)
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
@@ -457,6 +460,12 @@ class Database:
             acquiring: Whether a lock was being acquired (a timeout is then the lock's).
             label: The path the failed statement wrote, if it was a write.
         """
+        error = self._translate(exc, acquiring, label)
+        if hooks.recorder is not None:  # telemetry counts timeouts and refusals here
+            hooks.recorder.failed(self, exc, error)
+        return error
+
+    def _translate(self, exc: BaseException, acquiring: bool, label: str | None) -> Exception:
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
             exc = exc.orig
         if isinstance(exc, sqlalchemy.exc.TimeoutError):

@@ -24,6 +24,7 @@ PUBLIC_MODULES = [
     "sqlstore.pytest_plugin",
     "sqlstore.schema",
     "sqlstore.sdk",
+    "sqlstore.telemetry",
     "sqlstore.urls",
 ]
 
