@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.pool import PoolProxiedConnection
 
-from . import pooling
+from . import forking, pooling
 from .deferral import Deferral, Params, StatementFailed
 from .statements import Statement
 
@@ -42,16 +42,7 @@ class PooledConnection:
         deferral: How deferred statements travel now; ``None``: one at a time.
     """
 
-    __slots__ = (
-        "_restore",
-        "_strategy",
-        "closed",
-        "deferral",
-        "in_block",
-        "raw",
-        "spoiled",
-        "statements",
-    )
+    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw", "statements")
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
@@ -59,8 +50,6 @@ class PooledConnection:
         self.closed = False
         self.in_block = False
         self.deferral: Deferral | None = None
-        #: Whether the driver's state of the session is in doubt (see ``close``).
-        self.spoiled = False
         #: Statements run so far (see :func:`sqlstore.pooling.count_statements`).
         self.statements = 0
         # Engines not created in autocommit mode get it for the duration of the
@@ -222,9 +211,6 @@ class PooledConnection:
             self.rollback_quietly()
             if self.closed:
                 return
-        if self.spoiled:  # a deferral failed midway: see PipelineDeferral
-            self.invalidate()
-            return
         self.closed = True
         pooling.count_statements(self.raw, self.statements)
         try:
@@ -241,8 +227,20 @@ class PooledConnection:
         if self.closed:
             return
         self.closed = True
+        deferral, self.deferral = self.deferral, None
         self.raw.invalidate(exc)
+        if deferral is not None:
+            # Ended now, on the closed connection (no I/O), rather than by the garbage
+            # collector later, which would log an error for an open psycopg pipeline.
+            deferral.discard()
 
     def abandon(self) -> None:
-        """Let go of the connection without touching it (it belongs to another process)."""
+        """Let go of the connection without touching it (it belongs to another process).
+
+        What it still refers to is kept for the life of the process: an open psycopg
+        pipeline, finalised by this process's garbage collector, would end itself on the
+        other process's connection.
+        """
         self.closed = True
+        if self.deferral is not None:
+            forking.keep(self.deferral)

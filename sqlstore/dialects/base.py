@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -210,8 +210,12 @@ class DialectStrategy(ABC):
         conn.sql("BEGIN")
 
     @abstractmethod
-    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
+    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> object:
         """Open a transaction that holds the lock ``key`` until :meth:`end`.
+
+        Returns:
+            A witness for :meth:`commit_outcome` (taken in the same round trip), or
+            ``None`` if the dialect cannot tell a commit's outcome afterwards.
 
         Raises:
             LockTimeoutError: the lock was not acquired within ``timeout`` seconds. The
@@ -239,6 +243,25 @@ class DialectStrategy(ABC):
             conn: The connection.
             begin: Whether the transaction is still to be opened (outside lock blocks);
                 the deferral then opens it with what it sends first.
+        """
+        return None
+
+    def commit_outcome(
+        self, witness: object, ask: Callable[[str, Sequence[Any]], Any]
+    ) -> bool | None:
+        """Whether a lock block whose ``COMMIT`` went unanswered committed.
+
+        The block's connection has been discarded (and what it ran ended in the server
+        as far as the dialect can: a cancel, a ``KILL``).
+
+        Args:
+            witness: What :meth:`begin_locked` returned.
+            ask: Runs one query (literal SQL, the driver's parameter style) on another
+                connection and returns the first column of its first row.
+
+        Returns:
+            ``True``: it committed; ``False``: it did not and never will; ``None``:
+            this cannot be told.
         """
         return None
 
@@ -348,6 +371,10 @@ class DialectStrategy(ABC):
         :data:`BELOW_A_FILE` or :data:`A_DIRECTORY`, told apart by the error's code
         alone (see :meth:`sqlstore.statements.Statements.write`).
         """
+
+    @abstractmethod
+    def is_missing_table(self, exc: BaseException) -> bool:
+        """Whether a driver error means the table a statement names does not exist."""
 
     def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
         """Whether ``exc`` means the connection is gone (``dbapi_connection``: ``None`` if unknown).
