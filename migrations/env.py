@@ -70,17 +70,24 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _migrate(connection: sa.Connection) -> None:
+    # A Citus worker is refused before anything changes; on a Citus coordinator the
+    # tables are (still, or now) distributed by namespace once the revisions ran.
+    strategy = database_for(connection.engine).strategy
+    strategy.check_node(connection)
+    _configure(connection)
+    with context.begin_transaction():
+        context.run_migrations()
+    strategy.lay_out(connection)
+
+
 def run_migrations_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _configure(connection)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
         return
     with migration_connection(_url()) as conn:
-        _configure(conn)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(conn)
         conn.commit()
         # `alembic -x partitions=8 upgrade head`: the layout sqlstore.migrate(partitions=8) makes.
         partitions = context.get_x_argument(as_dictionary=True).get("partitions")

@@ -50,6 +50,7 @@ __all__ = [
     "export_namespace",
     "head_revision",
     "import_directory",
+    "layout",
     "ls",
     "namespaces",
     "parse_age",
@@ -90,6 +91,11 @@ def upgrade(engine: Engine, revision: str = "head", *, partitions: int | None = 
 def partitions(engine: Engine) -> int:
     """How many hash partitions by namespace sqlstore's tables have (0: none)."""
     return migrations.partitions(engine)
+
+
+def layout(engine: Engine) -> str:
+    """One line on the tables' layout: plain, hash partitions, or Citus shards on workers."""
+    return migrations.layout(engine)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

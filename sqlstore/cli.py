@@ -256,6 +256,16 @@ def cmd_db_upgrade(ctx: Context) -> int:
     if layout is not None and layout != ctx.args.partitions:
         now, was = _partitions(ctx.args.partitions), _partitions(layout)
         ctx.print(f"{where}: tables now in {now}, were in {was}")
+    distributed = admin.layout(engine)
+    if distributed.startswith("Citus"):
+        ctx.print(f"{where}: {distributed}")
+    return 0
+
+
+def cmd_db_layout(ctx: Context) -> int:
+    """``db layout``."""
+    engine = ctx.engine()
+    ctx.print(admin.layout(engine))
     return 0
 
 
@@ -557,6 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("revision", help="target revision, e.g. base")
     _url_option(p, top=False)
     p = _command(db_commands, "current", cmd_db_current, "print the database's schema revision")
+    _url_option(p, top=False)
+    p = _command(
+        db_commands,
+        "layout",
+        cmd_db_layout,
+        "print how the tables lie (partitions; Citus: shards and workers)",
+        "Print the tables' layout: one table each, N hash partitions by namespace, or on "
+        "a Citus coordinator: distributed by namespace, co-located or not, the shard "
+        "count and the shards on each worker.",
+    )
     _url_option(p, top=False)
     p = _command(
         db_commands,

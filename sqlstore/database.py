@@ -465,6 +465,10 @@ class Database:
         with self._schema_lock:
             if self._schema_ok:
                 return
+            # A Citus worker may even hold a copy of the tables: refuse it first.
+            problem = self.strategy.node_problem(conn)
+            if problem is not None:
+                raise SchemaError(f"{self.safe_url}: {problem}")
             found = self._read_revision(conn)
             if found != SCHEMA_REVISION:
                 raise SchemaError(self.schema_message(found))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "alembic_config",
     "downgrade",
+    "layout",
     "migrate",
     "migration_connection",
     "migrations_dir",
@@ -150,6 +151,24 @@ def partitions(url_or_engine: str | URL | Engine) -> int:
         db = database_for(conn.engine)
         with db.converting():
             return db.strategy.partitions(conn)
+
+
+def layout(url_or_engine: str | URL | Engine) -> str:
+    """One line on how sqlstore's tables lie: plain, hash-partitioned, or distributed (Citus).
+
+    On a Citus coordinator it names the distribution column, whether the tables are
+    co-located, the shard count and the shards on each worker.
+    """
+    with migration_connection(url_or_engine) as conn:
+        db = database_for(conn.engine)
+        with db.converting():
+            distributed = db.strategy.layout(conn)
+            if distributed is not None:
+                return distributed
+            count = db.strategy.partitions(conn)
+    if count:
+        return f"{count} hash partitions by namespace"
+    return "one table each (not partitioned)"
 
 
 @contextmanager

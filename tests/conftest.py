@@ -1,13 +1,15 @@
 """Backend fixtures: every store test runs on SQLite, PostgreSQL and MySQL/MariaDB.
 
 ``backend`` is parametrized over the three, and over variants of them for some suites
-(PgBouncer; tables hash-partitioned by namespace on PostgreSQL and MariaDB: see
+(PgBouncer; tables hash-partitioned by namespace on PostgreSQL and MariaDB; a Citus
+cluster with the tables distributed by namespace: see
 ``tests.backends.VARIANT_SUITES``). ``engine`` is a session-wide engine on a migrated
 database of that backend; ``store`` is a store in a namespace of its own, so tests
 never see each other's files. ``empty_url`` is a fresh database with no schema.
 
 Each test carries the marker of its backend (``sqlite``, ``postgresql``, ``mysql``,
-``pgbouncer``, ``pgpartitioned``, ``mysqlpartitioned``; ``nodb`` when it has none), so
+``pgbouncer``, ``pgpartitioned``, ``mysqlpartitioned``, ``citus``; ``nodb`` when it has
+none), so
 ``pytest -m sqlite`` runs the SQLite tests. A backend whose server is missing is not
 run, reported in one line at the end, unless ``SQLSTORE_TEST_REQUIRE`` names it: then
 its tests fail. Tests marked ``disruptive`` (they restart a server that others may

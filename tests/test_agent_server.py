@@ -45,8 +45,8 @@ from tests.conftest import _server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-AGENT_BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer")
-DIRECT_BACKENDS = ("sqlite", "postgresql", "mysql")
+AGENT_BACKENDS = ("sqlite", "postgresql", "mysql", "pgbouncer", "citus")
+DIRECT_BACKENDS = ("sqlite", "postgresql", "mysql", "citus")
 #: The issue's bound for a takeover after the owner was killed.
 TAKEOVER_BOUND = 5.0
 #: What each takeover took, by database, printed at the end (``pytest -s``).
@@ -509,7 +509,7 @@ def test_a_killed_owner_is_taken_over_within_the_bound(pair: Pair) -> None:
 # -- a client of the replica that does not own the conversation ------------------------
 
 #: Seconds from an event's creation to its arrival on a socket of another replica.
-LIVE_BOUND = {"postgresql": 0.25, "sqlite": 1.0, "mysql": 1.0}
+LIVE_BOUND = {"postgresql": 0.25, "sqlite": 1.0, "mysql": 1.0, "citus": 1.0}
 #: The live-event latencies measured, by database (printed with ``pytest -s``).
 LATENCIES: dict[str, list[float]] = {}
 

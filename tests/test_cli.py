@@ -725,6 +725,7 @@ def test_every_command_has_help_and_is_in_the_cli_guide(run: CLI) -> None:
         "db current",
         "db check",
         "db stamp",
+        "db layout",
         "namespaces",
         "ls",
         "cat",

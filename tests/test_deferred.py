@@ -140,3 +140,34 @@ def test_a_refusal_answered_before_the_next_statement_names_its_path(
     with store.lock("l", timeout=5):
         store.write("g", "the store works on")
     assert store.read("g") == "the store works on"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_statement_prepared_after_a_failure_in_the_pipeline_is_never_missing(
+    migrated_url: sa.URL, namespace: str
+) -> None:
+    """psycopg prepares a statement on its sixth run by sending it prepared in the
+    pipeline; after a failed statement the server skips it, yet psycopg records it as
+    prepared. The connection must not serve on with that record (it did: every later
+    run of the statement failed with "prepared statement does not exist")."""
+    engine = sqlstore.create_engine(migrated_url, pool_size=1, max_overflow=0)
+    invalidated: list[object] = []
+    sa.event.listen(engine, "invalidate", lambda conn, record, exc: invalidated.append(exc))
+    try:
+        store = SQLFileStore(engine, namespace)
+        store.write("f", "a file")
+        # psycopg forgets its prepared statements when it first sees a ROLLBACK on a
+        # connection, not after: a block that rolls back once, beforehand.
+        with pytest.raises(Boom), store.lock("l", timeout=5):
+            raise Boom
+        for i in range(5):  # five runs of the write at depth 1: the next one is prepared
+            store.write(f"d/{i}", "x")
+        with pytest.raises(FileExistsError), store.lock("l", timeout=5):
+            store.write("f/g/h", "below a file")  # depth 2: refused, the pipeline aborts
+            store.write("d/5", "x")  # depth 1, sixth run: sent to be prepared
+        for i in range(6, 9):
+            store.write(f"d/{i}", "x")
+        assert store.list("d") == [f"d/{i}" for i in (0, 1, 2, 3, 4, 6, 7, 8)]
+        assert invalidated == [], "the refusal cost the pooled connection"
+    finally:
+        engine.dispose()

@@ -5,6 +5,11 @@ administration function runs while each statement is recorded; each recorded sta
 that names a namespace is then EXPLAINed with the values it ran with, and its plan must
 touch at most one partition of each sqlstore table. That is what routes a statement to
 a single shard in a distributed database too (Citus routes on the distribution column).
+
+On Citus the plan itself says it: every statement that names a namespace is a router
+plan of one task (one shard on one worker), and the statements that span namespaces
+by design (the listing of namespaces, purge's scan for stale ones) are the only ones
+that fan out to every shard.
 """
 
 from __future__ import annotations
@@ -22,13 +27,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from sqlstore import SQLFileStore, admin
+from sqlstore.agent_server import _queries
 from sqlstore.connection import PooledConnection
 from tests.test_retention import age_namespace
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.parametrize("backend", ["pgpartitioned", "mysqlpartitioned"], indirect=True),
-]
+pytestmark = [pytest.mark.timeout(300)]
 
 Recorded = tuple[str, Any]
 _TABLE = re.compile(r"\bsqlstore_(files|chunks)\b")
@@ -138,6 +141,42 @@ def _touched_partitions_mysql(conn: Any, sql: str, params: Any) -> dict[str, set
     }
 
 
+def _citus_tasks(conn: Any, sql: str, params: Any) -> list[int]:
+    """The task count of each distributed (Citus) job in the plan of ``sql``.
+
+    A job that Citus runs to pull rows to the coordinator (an ``INSERT ... SELECT``
+    whose ``SELECT`` reads no distributed table, as sqlstore's write is) counts as -1.
+
+    The values are bound into the text first: Citus cannot plan an EXPLAIN whose
+    statement has parameters and a subquery, while sqlstore's own runs are planned
+    for their values (``plan_cache_mode``).
+    """
+    import psycopg
+
+    with psycopg.ClientCursor(conn) as cursor:
+        cursor.execute("EXPLAIN (FORMAT JSON) " + cursor.mogrify(sql, params))
+        (plan,) = cursor.fetchone()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    tasks: list[int] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            if node.get("INSERT/SELECT method") == "pull to coordinator":
+                tasks.append(-1)
+            job = node.get("Distributed Query", {}).get("Job")
+            if job is not None:
+                tasks.append(int(job["Task Count"]))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(plan)
+    return tasks
+
+
+@pytest.mark.parametrize("backend", ["pgpartitioned", "mysqlpartitioned"], indirect=True)
 def test_every_statement_against_a_namespace_reaches_one_partition(
     engine: sa.Engine, migrated_url: URL, db_dialect: str, tmp_path: Path, recorded: list[Recorded]
 ) -> None:
@@ -168,3 +207,46 @@ def test_every_statement_against_a_namespace_reaches_one_partition(
 
 def _values(params: Any) -> list[Any]:
     return list(params.values()) if isinstance(params, Mapping) else list(params)
+
+
+@pytest.mark.parametrize("backend", ["citus"], indirect=True)
+def test_on_citus_every_per_conversation_statement_is_a_single_task_router_plan(
+    engine: sa.Engine, migrated_url: URL, tmp_path: Path, recorded: list[Recorded]
+) -> None:
+    namespace = f"route-{uuid.uuid4().hex}"
+    _workload(engine, namespace, tmp_path)
+    # What spans namespaces by design: the namespaces listing, the agent server's catalog.
+    assert admin.namespaces(engine, prefix="route-") == []
+    found = _queries.root_files(engine, ["meta.json", "base_state.json"])
+    assert namespace not in {root.namespace for root in found}  # purged above
+    ours: dict[str, Any] = {}
+    spanning: dict[str, Any] = {}
+    for sql, params in recorded:
+        if _TABLE.search(sql):
+            named = namespace in set(_values(params))
+            (ours if named else spanning)[sql] = params
+    assert len(ours) >= 18, f"the workload ran only {len(ours)} distinct statements"
+    raw = sa.create_engine(migrated_url, poolclass=sa.pool.NullPool).raw_connection()
+    try:
+        routed = {sql: _citus_tasks(raw.driver_connection, sql, p) for sql, p in ours.items()}
+        fanned = {sql: _citus_tasks(raw.driver_connection, sql, p) for sql, p in spanning.items()}
+    finally:
+        raw.close()
+    # Each statement a conversation runs is planned by Citus as one task on one shard;
+    # the writes (INSERT ... SELECT, the SELECT computing the tree rules) are that task's
+    # rows pulled to the coordinator and inserted into the same shard: one more hop.
+    pulled = {sql for sql, tasks in routed.items() if -1 in tasks}
+    assert pulled and all(sql.startswith("INSERT INTO sqlstore_files") for sql in pulled)
+    wide = {sql: t for sql, t in routed.items() if not t or set(t) - {-1} != {1}}
+    assert wide == {}
+    # What spans namespaces by design (the namespaces listing, purge's scan) and only
+    # that reaches every shard: each such statement reads from sqlstore_files only.
+    assert fanned, "the workload ran no cross-namespace statement"
+    print(
+        f"\ncitus: {len(routed)} per-conversation statements, each 1 task "
+        f"({len(pulled)} writes pulled to the coordinator); multi-shard:"
+    )
+    for sql, tasks in fanned.items():
+        print(f"  {max(tasks)} tasks: {' '.join(sql.split())[:160]}")
+        assert max(tasks) > 1, sql
+        assert "sqlstore_files" in sql and not re.search(r"\b(INSERT|UPDATE|DELETE)\b", sql), sql

@@ -15,7 +15,9 @@ from sqlstore import SQLFileStore
 from tests.holding import held_by_another_thread
 from tests.proxy import Proxy, proxy_to, silent_server
 
-SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+SERVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql", "citus"], indirect=True)
+#: A fake server that never answers: the driver's side, the same whatever the database.
+DRIVERS = pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
 URLS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:{port}/test",
     "mysql": "mysql+pymysql://root@127.0.0.1:{port}/test",
@@ -66,7 +68,7 @@ def test_a_lock_timeout_bounds_the_wait_for_a_pooled_connection(
 # -- a server that accepts connections and never answers ----------------------------
 
 
-@SERVERS
+@DRIVERS
 def test_a_silent_server_costs_a_call_its_connect_timeout(backend: str) -> None:
     with silent_server() as server:
         url = URLS[backend].format(port=server.port)

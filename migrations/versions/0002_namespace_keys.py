@@ -57,6 +57,7 @@ def downgrade() -> None:
     strategy = strategy_for(bind.dialect.name)
     if strategy.partitions(bind):
         strategy.repartition(bind, 0)  # revision 0001's keys cannot be partitioned
+    strategy.before_key_change(bind)  # nor distributed (Citus) by namespace
     if bind.dialect.name == "sqlite":
         _rebuild_sqlite(with_namespace=False)
         return

@@ -284,6 +284,31 @@ class DialectStrategy(ABC):
         """
         yield
 
+    def check_node(self, conn: Connection) -> None:  # noqa: B027 - optional hook
+        """Raise before migrating a server that sqlstore must not use (a Citus worker).
+
+        Raises:
+            SchemaError: the server is a Citus worker; the message names the coordinator.
+        """
+
+    def lay_out(self, conn: Connection) -> None:  # noqa: B027 - optional hook
+        """Lay the tables out as this server needs, after migrations ran in ``conn``'s transaction.
+
+        On a Citus coordinator: distribute both tables by namespace, co-located
+        (idempotent, and only once their keys lead with the namespace).
+        """
+
+    def before_key_change(self, conn: Connection) -> None:  # noqa: B027 - optional hook
+        """Undo a layout that the primary keys of an older revision cannot carry (a downgrade)."""
+
+    def node_problem(self, conn: PooledConnection) -> str | None:
+        """Why sqlstore must not use this server (a Citus worker), or ``None``."""
+        return None
+
+    def layout(self, conn: Connection) -> str | None:
+        """A line on how a distributed database lays the tables out, or ``None``."""
+        return None
+
     # -- layout --------------------------------------------------------------------
 
     def partitions(self, conn: Connection) -> int:

@@ -16,7 +16,8 @@ from sqlalchemy.engine import URL
 
 from .. import forking
 from ..deferral import Deferral, Params, StatementFailed
-from ..errors import LockTimeoutError
+from ..errors import LockTimeoutError, SchemaError
+from . import citus
 from .base import (
     A_DIRECTORY,
     BELOW_A_FILE,
@@ -37,6 +38,12 @@ if TYPE_CHECKING:
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
 _TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _LOCK_NOT_AVAILABLE = "55P03"
+#: Plans cached per connection, except on Citus (see ``on_connect``): one round trip.
+_PLAN_MODE = (
+    "SELECT set_config('plan_cache_mode', CASE WHEN EXISTS"
+    " (SELECT FROM pg_extension WHERE extname = 'citus')"
+    " THEN 'auto' ELSE 'force_generic_plan' END, false)"
+)
 _UNDEFINED_TABLE = "42P01"
 #: The tree rules' refusals (see Statements.write): not_null_violation, numeric_value_out_of_range.
 _REFUSALS = {"23502": BELOW_A_FILE, "22003": A_DIRECTORY}
@@ -177,6 +184,17 @@ class PipelineDeferral(Deferral):
                 return label
         return None
 
+    def _aborted(self) -> bool:
+        """Whether a statement sent ahead failed or was skipped after a failure."""
+        from psycopg.pq import ExecStatus
+
+        done = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+        for cursor, _ in self._sent:
+            result = cursor.pgresult
+            if result is None or result.status not in done:
+                return True
+        return False
+
     def _fail(self, exc: Exception) -> NoReturn:
         """Raise ``exc`` as the failure of the first statement sent that failed."""
         label = self._failed_label()
@@ -201,10 +219,29 @@ class PipelineDeferral(Deferral):
             if not quietly:
                 raise StatementFailed(exc, self._failed_label()) from exc
         finally:
+            # psycopg prepares a statement on its sixth run by sending it prepared; in
+            # a pipeline aborted by an earlier failure the server skips that, yet
+            # psycopg records it as prepared, and every later run of it on this
+            # connection would fail ("prepared statement does not exist"). So psycopg
+            # forgets what it prepared here (it deallocates all with its next statement).
+            if self._aborted():
+                _forget_prepared(self._conn.dbapi)
             self._mode = None
             for cursor, _ in self._sent:
                 cursor.close()
             self._sent.clear()
+
+
+def _forget_prepared(dbapi_connection: Any) -> None:
+    """Make psycopg forget its prepared statements, and drop them in the server.
+
+    psycopg has no public call for it: its own reaction to a ``DEALLOCATE ALL`` is
+    ``_prepared.clear()``, which also queues that statement for the next round trip.
+    """
+    prepared = getattr(dbapi_connection, "_prepared", None)
+    clear = getattr(prepared, "clear", None)
+    if callable(clear):
+        clear()
 
 
 class PostgreSQLStrategy(DialectStrategy):
@@ -255,8 +292,16 @@ class PostgreSQLStrategy(DialectStrategy):
         # on the namespace) the generic plan is the same, and planning the listing
         # union each time cost more than running it (measured here: a listing of 100
         # children took 640 us with per-call plans, 190 us with the cached plan).
+        #
+        # Citus cannot make a distributed plan of a generic plan whose statement has a
+        # subquery or a modifying CTE (the write, the listing, the subtree delete). On a
+        # Citus coordinator PostgreSQL chooses (`auto`): Citus prices the generic plans
+        # it cannot run out of reach, so those are planned per call for their values,
+        # and the simple lookups keep a generic plan that Citus routes at run time.
+        # Measured there (bench.citus), per-call plans for everything did no better
+        # (0.5x-1.1x of this, within the test machine's noise).
         with dbapi_connection.cursor() as cursor:
-            cursor.execute("SET plan_cache_mode = force_generic_plan")
+            cursor.execute(_PLAN_MODE)
         if not dbapi_connection.autocommit:  # an engine not in autocommit mode
             dbapi_connection.commit()
 
@@ -404,6 +449,36 @@ class PostgreSQLStrategy(DialectStrategy):
             raise
         yield
 
+    def node_problem(self, conn: PooledConnection) -> str | None:
+        def rows(sql: str) -> Any:
+            with conn.dbapi.cursor() as cursor:
+                cursor.execute(sql)
+                return cursor.fetchall()
+
+        return citus.worker_problem(rows) if citus.installed(rows) else None
+
+    def check_node(self, conn: Connection) -> None:
+        rows = _rows(conn)
+        problem = citus.worker_problem(rows) if citus.installed(rows) else None
+        if problem is not None:
+            raise SchemaError(f"{conn.engine.url.render_as_string(hide_password=True)}: {problem}")
+
+    def lay_out(self, conn: Connection) -> None:
+        rows = _rows(conn)
+        if citus.installed(rows):
+            citus.distribute(rows)
+
+    def before_key_change(self, conn: Connection) -> None:
+        rows = _rows(conn)
+        if citus.installed(rows):
+            citus.undistribute(rows)
+
+    def layout(self, conn: Connection) -> str | None:
+        rows = _rows(conn)
+        if not citus.installed(rows):
+            return None
+        return citus.layout(rows).describe()
+
     def partitions(self, conn: Connection) -> int:
         found = conn.exec_driver_sql(
             "SELECT count(*) FROM pg_inherits WHERE inhparent = to_regclass('sqlstore_files')"
@@ -416,6 +491,11 @@ class PostgreSQLStrategy(DialectStrategy):
         # refilled and dropped. PARTITION OF copies the parent's column settings.
         if check_partitions(count) == self.partitions(conn):
             return
+        if count and citus.installed(_rows(conn)):
+            raise ValueError(
+                "sqlstore does not hash-partition tables on Citus: they are distributed "
+                "by namespace over the workers' shards instead"
+            )
         version = conn.dialect.server_version_info or (0,)
         compression = " INCLUDING COMPRESSION" if version >= (14,) else ""
         partitioned = " PARTITION BY HASH (namespace)" if count else ""
@@ -496,3 +576,8 @@ class PostgreSQLStrategy(DialectStrategy):
             return True
         code = getattr(exc, "sqlstate", None)
         return code is not None and (code.startswith("08") or code in _SERVER_GONE)
+
+
+def _rows(conn: Connection) -> citus.Rows:
+    """Literal SQL on a migration's connection, returning its rows."""
+    return lambda sql: conn.exec_driver_sql(sql).all()
