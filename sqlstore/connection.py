@@ -12,6 +12,15 @@ MySQL's multi-statement packets), they travel together with the next statement t
 needs an answer, at the latest with the ``COMMIT``: one round trip for all of them. A
 deferred statement that fails is reported then, as
 :class:`~sqlstore.deferral.StatementFailed`.
+
+Observed connections: where the engine has connection event listeners
+(``before_cursor_execute``, ``after_cursor_execute``, ``handle_error``... as
+OpenTelemetry's, Sentry's and Datadog's SQLAlchemy integrations add) or logs its
+statements (``echo=True``, or the ``sqlalchemy.engine`` logger at INFO), every
+statement runs through a SQLAlchemy ``Connection`` wrapped around the same pooled
+connection (:attr:`PooledConnection.observer`), so that they all see it, with its SQL
+and parameters, in order. Nothing is then sent ahead: a deferred statement runs when it
+is deferred. Without listeners or logging, statements go straight to the driver's cursor.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from . import pooling
@@ -40,9 +51,26 @@ class PooledConnection:
         in_block: Whether it carries a lock block's transaction (then
             :meth:`transaction` adds nothing: the block commits or rolls back whole).
         deferral: How deferred statements travel now; ``None``: one at a time.
+        observer: The SQLAlchemy ``Connection`` statements run through while the
+            engine has event listeners or logs statements; ``None``: straight to the
+            driver.
+        pool: The pool to park this connection on when a call ends (see
+            :mod:`sqlstore.pooling`); ``None``: it is checked in.
+        statements_left: Statements it may run before it is checked in rather than parked.
     """
 
-    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw", "statements")
+    __slots__ = (
+        "_restore",
+        "_strategy",
+        "closed",
+        "deferral",
+        "in_block",
+        "observer",
+        "pool",
+        "raw",
+        "statements",
+        "statements_left",
+    )
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
@@ -50,11 +78,19 @@ class PooledConnection:
         self.closed = False
         self.in_block = False
         self.deferral: Deferral | None = None
+        self.observer: Connection | None = None
+        self.pool: pooling.BoundedQueuePool | None = None
+        self.statements_left = 0
         #: Statements run so far (see :func:`sqlstore.pooling.count_statements`).
         self.statements = 0
         # Engines not created in autocommit mode get it for the duration of the
         # checkout, and their original mode back on return.
         self._restore = strategy.enter_autocommit(raw.dbapi_connection)
+
+    @property
+    def autocommit_native(self) -> bool:
+        """Whether the connection was in autocommit mode already (nothing to restore)."""
+        return self._restore is None
 
     @property
     def dbapi(self) -> Any:
@@ -71,6 +107,12 @@ class PooledConnection:
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
             return
+        if self.observer is not None:
+            try:
+                self._observed(statement.sql, statement.args(params)).close()
+            except Exception as exc:
+                raise StatementFailed(exc, label) from exc
+            return
         cursor = self.raw.cursor()
         try:
             cursor.execute(statement.sql, statement.args(params))
@@ -84,6 +126,8 @@ class PooledConnection:
         self.statements += 1
         if self.deferral is not None:
             self.deferral.before_read()
+        if self.observer is not None:
+            return self._observed(statement.sql, statement.args(params))
         cursor = self.raw.cursor()
         try:
             cursor.execute(statement.sql, statement.args(params))
@@ -95,6 +139,27 @@ class PooledConnection:
             cursor.close()
             raise
         return cursor
+
+    def _observed(self, sql: str, args: Any = None) -> Any:
+        """Run through :attr:`observer`, so its events fire; the driver's error is raised.
+
+        Returns:
+            SQLAlchemy's ``CursorResult`` (``fetchone``, ``fetchall``, ``rowcount``,
+            ``close`` as a cursor has them).
+        """
+        observer = self.observer
+        assert observer is not None
+        try:
+            if args is None:
+                return observer.exec_driver_sql(sql)
+            return observer.exec_driver_sql(sql, args)
+        except DBAPIError as exc:
+            if not self.raw.is_valid:
+                # SQLAlchemy found a disconnect and has invalidated (and checked in) it.
+                self.closed = True
+            if exc.orig is None:
+                raise
+            raise exc.orig from exc
 
     def _read_failed(self, exc: Exception) -> None:
         if self.deferral is not None:
@@ -114,6 +179,9 @@ class PooledConnection:
         self.statements += len(rows)
         if self.deferral is not None:
             self.deferral.settle()
+        if self.observer is not None:
+            self._observed(statement.sql, [statement.args(row) for row in rows]).close()
+            return
         cursor = self.raw.cursor()
         try:
             args: list[Any] = [statement.args(row) for row in rows]
@@ -153,6 +221,15 @@ class PooledConnection:
         """
         if self.deferral is not None:
             self.deferral.settle()
+        if self.observer is not None:
+            result = self._observed(sql, params)
+            try:
+                if not result.returns_rows:
+                    return None
+                found = result.fetchone()
+                return None if found is None else found[0]
+            finally:
+                result.close()
         cursor = self.raw.cursor()
         try:
             if params is None:
@@ -178,7 +255,7 @@ class PooledConnection:
         if self.in_block:
             yield
             return
-        self.deferral = self._strategy.deferral(self, begin=True)
+        self.deferral = self.new_deferral(begin=True)
         if self.deferral is None:
             self._strategy.begin(self)
         try:
@@ -192,6 +269,12 @@ class PooledConnection:
             raise
         finally:
             self.deferral = None
+
+    def new_deferral(self, *, begin: bool) -> Deferral | None:
+        """The dialect's way of sending statements ahead, unless statements are observed."""
+        if self.observer is not None:
+            return None  # listeners see each statement as it runs
+        return self._strategy.deferral(self, begin=begin)
 
     def rollback_quietly(self) -> None:
         """Roll back the open transaction; if even that fails, discard the connection."""

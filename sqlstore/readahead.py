@@ -56,6 +56,16 @@ class ReadAhead:
         """Whether read-ahead is on."""
         return self.size > 0 and self.max_age > 0
 
+    @property
+    def idle(self) -> bool:
+        """Whether nothing was listed or read ahead: reads and writes need not look.
+
+        A read-ahead needs a listed directory, and the record of listed ones never
+        empties (but in a forked child, which starts a new generation): with none, no
+        batch can be on its way either.
+        """
+        return not self._listed and not self._files
+
     def listed(self, directory: str) -> None:
         """Record that ``directory`` was just listed: its files are about to be read."""
         if not self.enabled:
