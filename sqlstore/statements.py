@@ -131,8 +131,9 @@ class Statement:
 
 
 def _single(name: str) -> Callable[[Mapping[str, Any]], tuple[Any]]:
-    """Positional parameters of a statement with one bind parameter (``itemgetter``
-    of one name gives the value, not a tuple).
+    """Positional parameters of a statement with one bind parameter.
+
+    ``itemgetter`` of one name gives the value, not a tuple.
     """
 
     def get(params: Mapping[str, Any]) -> tuple[Any]:
