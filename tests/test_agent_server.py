@@ -86,7 +86,7 @@ class Pair:
 
         The owner finishes a run with a few writes after the reply (state, title); a
         process frozen inside one of those transactions would hold the owner lock
-        until it wakes (see the README on frozen owners), which is not what the
+        until it wakes (see docs/guides/agent-server.md on frozen owners), which is not what the
         frozen-owner test is about.
         """
         namespace = uuid.UUID(conversation_id).hex
@@ -474,8 +474,8 @@ def test_the_example_shares_a_conversation_and_survives_killing_its_owner(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """``examples/agent_server_replicas.py`` as the README runs it (its default, relative
-    SQLite URL), with the replicas forked by the zygote instead of started cold."""
+    """``examples/agent_server_replicas.py`` as the agent-server guide runs it (its default,
+    relative SQLite URL), with the replicas forked by the zygote instead of started cold."""
     monkeypatch.chdir(tmp_path)
     example.main([], launch=lambda url, home, port: ZygoteProcess(zygote, url, home, port))
     out = capsys.readouterr().out

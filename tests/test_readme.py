@@ -1,10 +1,11 @@
-"""Every code block of the README runs as written, or says why it does not.
+"""Every code block of the README and of the docs runs as written, or says why it does not.
 
-The README is what a newcomer copies from, so each fenced block with a language is run
-here, in a temporary directory, the way a reader would run it:
+The README and the guides under ``docs/`` are what a newcomer copies from, so each fenced
+block with a language is run here, in a temporary directory, the way a reader would run
+it:
 
 * ``python`` starting with ``>>>``: a doctest session, in a namespace of its own.
-* other ``python``: a fresh interpreter executes it (a traceback names the README line).
+* other ``python``: a fresh interpreter executes it (a traceback names the file and line).
 * ``python`` marked ``run with pytest``: a test file, run by pytest in a fresh process
   (so sqlstore's pytest plugin loads as it does for users); every test must pass.
 * ``console``: each ``$ command`` runs in bash, in order, in a directory and shell the
@@ -19,8 +20,8 @@ fence, as directives separated by ``;`` (GitHub and PyPI show no such comment):
   must say this, and so must a block that would install packages, start a server or
   need one. It goes alone: the rest of the comment is its reason.
 * ``output varies: WHY`` (``console``) -- only the exit codes are checked.
-* ``continues`` -- the block goes on where the block of its kind before it left off:
-  same directory, same shell or interpreter; the chain of blocks is one test.
+* ``continues`` -- the block goes on where the block of its kind before it in the same
+  file left off: same directory, same shell or interpreter; the chain is one test.
 * ``setup: NAME`` -- the directory starts with more than nothing (see ``SETUPS``).
 * ``run with pytest`` (``python``) -- see above.
 
@@ -28,6 +29,10 @@ Blocks without a language are output listings, and are not run. Commands find th
 environment this test runs in: its interpreter's ``sqlstore`` and ``python`` first on
 ``PATH``, ``uv run`` outside a project uses its virtual environment. ``SQLSTORE_URL``
 and ``SQLSTORE_TEST_URL`` are removed, so a block uses the database it names.
+
+Links are checked too: the README's point at a heading of its own, at a page of
+``docs/`` (and a heading there), or are absolute; a page of ``docs/`` links to pages of
+``docs/`` and their headings (``mkdocs build --strict`` checks those as well).
 """
 
 from __future__ import annotations
@@ -45,11 +50,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from markdown.extensions.toc import slugify
 
 import sqlstore
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+#: Every file whose blocks run: the README, then each page of the docs site.
+DOCUMENTS = [README, *sorted(DOCS.rglob("*.md"))]
 #: The languages this test runs; a block in any other must be marked ``not run``.
 RUNNABLE = {"python", "console", "bash"}
 DIRECTIVES = {"not run", "output varies", "continues", "setup", "run with pytest"}
@@ -60,8 +69,9 @@ TIMEOUT = 240
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced block of the README."""
+    """One fenced block of the README or of a page of the docs."""
 
+    source: Path
     line: int  # of the opening fence, counted from 1
     language: str
     text: str
@@ -76,8 +86,13 @@ class Block:
             return "pytest"
         return self.language
 
+    @property
+    def file(self) -> str:
+        """The block's file, relative to the checkout (``docs/guides/cli.md``)."""
+        return self.source.relative_to(ROOT).as_posix()
+
     def __str__(self) -> str:
-        return f"README.md:{self.line} ({self.language})"
+        return f"{self.file}:{self.line} ({self.language})"
 
 
 def _directives(line: str) -> dict[str, str]:
@@ -95,9 +110,9 @@ def _directives(line: str) -> dict[str, str]:
     return directives
 
 
-def readme_blocks(text: str) -> list[Block]:
-    """Every fenced block, with the directives on the line before it."""
-    lines = text.splitlines()
+def readme_blocks(source: Path) -> list[Block]:
+    """Every fenced block of ``source``, with the directives on the line before it."""
+    lines = source.read_text().splitlines()
     blocks = []
     index = 0
     while index < len(lines):
@@ -108,27 +123,28 @@ def readme_blocks(text: str) -> list[Block]:
         end = lines.index("```", index + 1)
         before = lines[index - 1] if index else ""
         body = "\n".join(lines[index + 1 : end]) + "\n"
-        blocks.append(Block(index + 1, opening.group(1), body, _directives(before)))
+        blocks.append(Block(source, index + 1, opening.group(1), body, _directives(before)))
         index = end + 1
     return blocks
 
 
-BLOCKS = readme_blocks(README.read_text())
+BLOCKS = [block for document in DOCUMENTS for block in readme_blocks(document)]
 
 
 def chains(blocks: list[Block]) -> list[list[Block]]:
     """The blocks that run, grouped: a block marked ``continues`` joins the chain of the
-    last block of its kind."""
+    last block of its kind in its file."""
     result: list[list[Block]] = []
-    last: dict[str, list[Block]] = {}
+    last: dict[tuple[Path, str], list[Block]] = {}
     for block in blocks:
         if block.language not in RUNNABLE or "not run" in block.directives:
             continue  # an output listing, or said why (else the test above fails)
-        if "continues" in block.directives and block.kind in last:
-            last[block.kind].append(block)
+        key = (block.source, block.kind)
+        if "continues" in block.directives and key in last:
+            last[key].append(block)
         else:
-            last[block.kind] = [block]
-            result.append(last[block.kind])
+            last[key] = [block]
+            result.append(last[key])
     return result
 
 
@@ -213,7 +229,7 @@ def _run_doctest(chain: list[Block], work: Path, monkeypatch: pytest.MonkeyPatch
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     globs: dict[str, object] = {}
     for block in chain:
-        test = parser.get_doctest(block.text, globs, str(block), str(README), block.line)
+        test = parser.get_doctest(block.text, globs, str(block), str(block.source), block.line)
         runner.run(test, clear_globs=False)  # a chain's sessions share them
     result = runner.summarize(verbose=False)
     assert result.attempted > 0
@@ -221,17 +237,17 @@ def _run_doctest(chain: list[Block], work: Path, monkeypatch: pytest.MonkeyPatch
 
 
 #: Runs the blocks of a chain one after another in one namespace, each compiled so that
-#: a traceback names its line in the README.
+#: a traceback names its file and line.
 _PYTHON_RUNNER = """
 import json, sys
 namespace = {"__name__": "__main__"}
-for line, source in json.load(sys.stdin):
-    exec(compile("\\n" * line + source, "README.md", "exec"), namespace)
+for name, line, source in json.load(sys.stdin):
+    exec(compile("\\n" * line + source, name, "exec"), namespace)
 """
 
 
 def _run_python(chain: list[Block], work: Path) -> None:
-    sources = [[block.line, block.text] for block in chain]
+    sources = [[block.file, block.line, block.text] for block in chain]
     done = _run([sys.executable, "-c", _PYTHON_RUNNER], work, stdin=json.dumps(sources))
     assert done.returncode == 0, f"{chain[0]}: {_tail(done)}"
 
@@ -343,7 +359,9 @@ RUNNERS = {
 
 
 @pytest.mark.parametrize(
-    "chain", chains(BLOCKS), ids=lambda chain: f"line{chain[0].line}-{chain[0].kind}"
+    "chain",
+    chains(BLOCKS),
+    ids=lambda chain: f"{chain[0].file}:{chain[0].line}-{chain[0].kind}",
 )
 def test_readme_block_runs(
     chain: list[Block], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -361,18 +379,67 @@ def test_readme_block_runs(
 
 
 def _anchor(heading: str) -> str:
-    """The anchor GitHub and PyPI give a heading: lower case, punctuation dropped."""
+    """The anchor GitHub gives a heading: lower case, punctuation dropped."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_links_are_absolute_or_name_a_heading() -> None:
-    """The README is the package's long description: a relative link would break there."""
-    text = README.read_text()
-    headings = {_anchor(h) for h in re.findall(r"^#+ (.+)$", text, re.M)}
-    targets = re.findall(r"\]\(([^)\s]+)\)", text)
-    assert targets
-    for target in targets:
-        if target.startswith("#"):
-            assert target[1:] in headings, f"no heading for the link {target}"
-        else:
-            assert re.match(r"https?://", target), f"relative link {target}: name the file"
+def _site_anchor(heading: str) -> str:
+    """The anchor the docs site gives it (Python-Markdown's ``toc``, as mkdocs.yml sets it)."""
+    return slugify(re.sub(r"`([^`]*)`", r"\1", heading.strip()), "-")
+
+
+def _prose(text: str) -> str:
+    """``text`` without its fenced blocks, whose ``#`` lines are no headings."""
+    return re.sub(r"^```\S*\n.*?^```$", "", text, flags=re.M | re.S)
+
+
+def _anchors(document: Path) -> set[str]:
+    """The anchors of ``document``'s headings that GitHub and the site give alike."""
+    headings = re.findall(r"^#+ (.+)$", _prose(document.read_text()), re.M)
+    return {_anchor(h) for h in headings if _anchor(h) == _site_anchor(h)}
+
+
+def _links(document: Path) -> list[str]:
+    return re.findall(r"\]\(([^)\s]+)\)", _prose(document.read_text()))
+
+
+def _broken(document: Path, target: str) -> str | None:
+    """Why the link ``target`` of ``document`` leads nowhere, or None."""
+    if re.match(r"https?://", target):
+        return None
+    page, _, anchor = target.partition("#")
+    goes_to = (document.parent / page).resolve() if page else document
+    if page and not goes_to.is_relative_to(DOCS):
+        return f"{target}: a relative link must lead to a page under docs/"
+    if not goes_to.is_file():
+        return f"{target}: no such page"
+    if anchor and anchor not in _anchors(goes_to):
+        return f"{target}: no heading #{anchor} in {goes_to.relative_to(ROOT)}"
+    return None
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.relative_to(ROOT).as_posix())
+def test_links_lead_to_a_page_and_heading(document: Path) -> None:
+    """A relative link leads to a page of docs/ (a heading of it, if it names one).
+
+    Links in the README go into docs/ too: the repository shows the pages there, and the
+    site is built from them. A link that is absolute is not followed (no network)."""
+    broken = [why for target in _links(document) if (why := _broken(document, target))]
+    assert not broken, f"{document.relative_to(ROOT)}:\n" + "\n".join(broken)
+
+
+def test_the_readme_links_every_guide() -> None:
+    linked = {
+        (README.parent / target.partition("#")[0]).resolve()
+        for target in _links(README)
+        if not re.match(r"https?://", target)
+    }
+    guides = set((DOCS / "guides").glob("*.md"))
+    assert guides, "no guides under docs/guides"
+    assert not guides - linked, f"not linked from the README: {sorted(guides - linked)}"
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text()
+    pages = {path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md")}
+    assert not {page for page in pages if f": {page}\n" not in nav}

@@ -1,14 +1,15 @@
-"""Write the two conversations the README's command-line session starts from.
+"""Write the two conversations the command-line guide's session starts from.
 
-The README's "Command line" section is a real session on what the OpenHands SDK wrote to
-``conversations/`` (``LocalConversation(..., persistence_dir="conversations")``); the
-README test copies ``tests/readme/conversations`` into a temporary directory and runs
-the session there. This script made that directory, with the real SDK and a scripted
+The "Command line" guide (``docs/guides/cli.md``) is a real session on what the
+OpenHands SDK wrote to ``conversations/``
+(``LocalConversation(..., persistence_dir="conversations")``); ``tests/test_readme.py``
+copies ``tests/readme/conversations`` into a temporary directory and runs the session
+there. This script made that directory, with the real SDK and a scripted
 agent (no model, no network)::
 
     uv run python tests/readme/make_conversations.py
 
-Run again, it writes new event ids and times: the README's session output then has to
+Run again, it writes new event ids and times: the guide's session output then has to
 be brought up to date with what ``uv run pytest tests/test_readme.py`` reports.
 """
 
