@@ -14,6 +14,7 @@ from __future__ import annotations
 from . import _sdk
 from .engine import create_engine
 from .errors import (
+    CommitUnknownError,
     DatabaseError,
     DatabaseTimeoutError,
     DriverNotInstalledError,
@@ -31,6 +32,7 @@ _sdk.register(SQLFileStore)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CommitUnknownError",
     "DatabaseError",
     "DatabaseTimeoutError",
     "DriverNotInstalledError",

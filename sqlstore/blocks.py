@@ -8,7 +8,10 @@ sees them, and neither does a task created before the block opened.
 
 A context can also be copied *while* a block is open (``asyncio.create_task`` or
 ``asyncio.to_thread`` inside the block, or a ``fork``). The copy sees the block but is
-not its owner, so its calls run on their own: never two callers on one connection.
+not its owner, so its calls run on their own: never two callers on one connection. A
+copy run by the owner's own thread after the block ended (``copy_context().run``, a
+``loop.call_soon`` callback scheduled from outside any task) still sees the block, but
+the block is over (:attr:`Block.done`), so its calls run on their own too.
 """
 
 from __future__ import annotations
@@ -46,22 +49,31 @@ class Block:
 
     Attributes:
         conn: The connection carrying the block's transaction.
-        held: The lock keys taken so far (the outermost block's and nested ones).
+        held: The lock keys taken so far (the outermost block's and nested ones); the
+            transaction holds them all until it ends.
+        active: The keys of the blocks open now (the outermost and the nested ones
+            not yet left): only these count as already locked by the caller.
         depth: How many blocks are nested inside the outermost one.
         owner: The thread and task that opened it.
         pid: The process that opened it.
         when_done: Callbacks to run once the block has committed or rolled back.
         failed: The error of a statement that failed in the block, if one did: the
             block then rolls back when it ends, whatever the caller made of the error.
+        witness: What the dialect took at the block's start to find out later whether
+            its commit landed (PostgreSQL: the transaction id), if anything.
+        done: Whether the block has ended (a copied context may still hold it).
     """
 
     conn: PooledConnection
     held: set[bytes]
+    active: set[bytes]
     depth: int = 0
     owner: Owner = field(default_factory=owner)
     pid: int = field(default_factory=os.getpid)
     when_done: list[Callable[[], None]] = field(default_factory=list)
     failed: Exception | None = None
+    witness: object = None
+    done: bool = False
 
     @property
     def inherited(self) -> bool:
@@ -80,7 +92,7 @@ def current(database: object) -> Block | None:
     if not blocks:
         return None  # the common case: no block anywhere in this context
     block = blocks.get(database)
-    if block is None or block.inherited or block.owner != owner():
+    if block is None or block.done or block.inherited or block.owner != owner():
         return None
     return block
 

@@ -33,7 +33,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from . import pooling
+from . import forking, pooling
 from .deferral import Deferral, Params, StatementFailed
 from .statements import Statement
 
@@ -310,8 +310,20 @@ class PooledConnection:
         if self.closed:
             return
         self.closed = True
+        deferral, self.deferral = self.deferral, None
         self.raw.invalidate(exc)
+        if deferral is not None:
+            # Ended now, on the closed connection (no I/O), rather than by the garbage
+            # collector later, which would log an error for an open psycopg pipeline.
+            deferral.discard()
 
     def abandon(self) -> None:
-        """Let go of the connection without touching it (it belongs to another process)."""
+        """Let go of the connection without touching it (it belongs to another process).
+
+        What it still refers to is kept for the life of the process: an open psycopg
+        pipeline, finalised by this process's garbage collector, would end itself on the
+        other process's connection.
+        """
         self.closed = True
+        if self.deferral is not None:
+            forking.keep(self.deferral)

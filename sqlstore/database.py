@@ -22,10 +22,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Engine, column, select, table
@@ -37,6 +37,7 @@ from .connection import PooledConnection, StatementFailed
 from .dialects import DialectStrategy, strategy_for
 from .dialects.base import timeout_seconds
 from .errors import (
+    CommitUnknownError,
     DatabaseError,
     DatabaseTimeoutError,
     LockTimeoutError,
@@ -166,7 +167,9 @@ class Database:
             return work(conn)
         except (self._dbapi_error, StatementFailed) as exc:
             error, label = _unwrap(exc)
-            if self._is_disconnect(error, conn) or self.strategy.is_timeout(error):
+            if self.strategy.is_timeout(error):
+                conn.invalidate(error)  # this connection only: the server is alive
+            elif self._is_disconnect(error, conn):
                 self._discard(conn, error)
             # A failed statement spoils the block (PostgreSQL aborts its transaction):
             # even if the caller goes on, the block rolls back when it ends.
@@ -305,9 +308,9 @@ class Database:
         return disconnect or self.strategy.is_transient(exc)
 
     def _is_disconnect(self, exc: Exception, conn: PooledConnection | None) -> bool:
-        """Whether ``exc`` means the connection is gone (SQLAlchemy's own test)."""
+        """Whether ``exc`` means the connection is gone (by code and state, not message)."""
         dbapi = None if conn is None or conn.closed else conn.dbapi
-        return bool(self.engine.dialect.is_disconnect(cast(Any, exc), dbapi, None))
+        return self.strategy.is_disconnect(exc, dbapi)
 
     def _discard(self, conn: PooledConnection, exc: BaseException) -> None:
         """Discard ``conn`` and every pooled connection as old as it.
@@ -345,7 +348,7 @@ class Database:
         block = blocks.current(self)
         if block is None:
             return self._outer(key, timeout)
-        if key in block.held:
+        if key in block.active:
             raise LockTimeoutError(f"{label} is already locked by this caller")
         return self._nested(block, key, timeout)
 
@@ -355,21 +358,21 @@ class Database:
         unbounded = wait != timeout
         at = None if unbounded else time.monotonic() + wait
 
-        def begin(conn: PooledConnection) -> PooledConnection:
+        def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
             left = timeout if at is None else max(0.0, at - time.monotonic())
-            self.strategy.begin_locked(conn, key, left)
+            witness = self.strategy.begin_locked(conn, key, left)
             # From here the block's writes travel ahead of the answers (if the dialect can).
             conn.deferral = conn.new_deferral(begin=False)
-            return conn
+            return conn, witness
 
         # Nothing has happened yet, so a connection that turns out dead (the server
         # restarted) is retried like any single statement.
         bounded = pooling.set_deadline(at)
         try:
-            conn = self._attempts(begin, keep_open=True, acquiring=True)
+            conn, witness = self._attempts(begin, keep_open=True, acquiring=True)
         finally:
             pooling.reset_deadline(bounded)
-        block = Block(conn, {key})
+        block = Block(conn, {key}, {key}, witness=witness)
         conn.in_block = True
         try:
             entered = blocks.enter(self, block)
@@ -382,6 +385,7 @@ class Database:
             blocks.leave(entered)
             self._end(block, commit=True)
         finally:
+            block.done = True  # a context copied inside the block may outlive it
             if block.inherited:
                 forking.keep(conn.raw)
                 conn.abandon()
@@ -402,16 +406,26 @@ class Database:
                     )
                 return
             spoiled = block.failed if commit else None
+            committing = commit and spoiled is None
             try:
-                self._finish(conn, commit=commit and spoiled is None, keys=block.held)
-            except StatementFailed as failed:
-                # A write sent ahead failed, or its answer never came (a read timeout
-                # cancels what the server runs, then drops the connection): nothing was
-                # committed. Roll back where the connection still can; report the failure.
+                self._finish(conn, commit=committing, keys=block.held)
+            except (self._dbapi_error, StatementFailed) as exc:
+                error = _unwrap(exc)[0]
+                if committing and self.strategy.is_timeout(error):
+                    # The COMMIT was sent and its answer never came: find out what
+                    # happened before answering (returns if the block committed).
+                    conn.invalidate(error)
+                    self._after_commit_timeout(block, error)
+                    return
+                if not isinstance(exc, StatementFailed):
+                    raise
+                failed = exc
+                # A write sent ahead failed: nothing was committed. Roll back where the
+                # connection still can; report the failure.
                 try:
                     self._finish(conn, commit=False, keys=block.held)
-                except Exception as exc:
-                    conn.invalidate(exc)
+                except Exception as rollback_error:
+                    conn.invalidate(rollback_error)
                 raise self.translate(failed.error, label=failed.label) from failed.error
             if spoiled is not None:
                 raise DatabaseError(
@@ -429,6 +443,35 @@ class Database:
         finally:
             for callback in block.when_done:
                 callback()
+
+    def _after_commit_timeout(self, block: Block, error: Exception) -> None:
+        """Return if the block committed although its COMMIT went unanswered; else raise.
+
+        Raises:
+            DatabaseTimeoutError: the block did not commit (the server rolled it back).
+            CommitUnknownError: whether it committed cannot be told.
+        """
+
+        def ask(sql: str, params: Sequence[Any]) -> Any:
+            return self._attempts(lambda conn: conn.sql(sql, params), check_schema=False)
+
+        try:
+            committed = self.strategy.commit_outcome(block.witness, ask)
+        except Exception as exc:  # the status query failed: the fate stays unknown
+            error.__context__ = error.__context__ or exc
+            committed = None
+        if committed:
+            return
+        text = f"{self.name} error on {self.safe_url}: {type(error).__name__}: {error}"
+        if committed is False:
+            raise DatabaseTimeoutError(
+                f"the lock block did not commit: its COMMIT went unanswered within "
+                f"read_timeout and the server rolled it back ({text})"
+            ) from error
+        raise CommitUnknownError(
+            f"the lock block's COMMIT went unanswered within read_timeout; whether it "
+            f"committed cannot be told ({text})"
+        ) from error
 
     def _roll_back(self, block: Block, cause: BaseException) -> None:
         """End the block by rolling back; the body's own exception ``cause`` is what counts."""
@@ -453,6 +496,7 @@ class Database:
     def _nested(self, block: Block, key: bytes, timeout: float) -> Iterator[None]:
         conn = block.conn
         block.depth += 1
+        block.active.add(key)
         savepoint = f"sqlstore_{block.depth}"
 
         def sql(statement: str) -> None:
@@ -467,25 +511,30 @@ class Database:
             # The lock is taken in a savepoint of its own, released at once: a failed
             # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
             # taken lock belongs to the enclosing transaction, so rolling the block back
-            # below does not release it before the outermost block ends.
+            # below does not release it before the outermost block ends. A key an
+            # earlier nested block took is still held: nothing to take.
             failed_before = block.failed
-            sql(f"SAVEPOINT {savepoint}")
-            try:
-                self._in_block(block, lambda c: self.strategy.acquire_nested(c, key, timeout))
-            except BaseException:
-                undo(failed_before)
-                raise
-            sql(f"RELEASE SAVEPOINT {savepoint}")
-            block.held.add(key)
+            if key not in block.held:
+                sql(f"SAVEPOINT {savepoint}")
+                try:
+                    self._in_block(block, lambda c: self.strategy.acquire_nested(c, key, timeout))
+                except BaseException:
+                    undo(failed_before)
+                    raise
+                sql(f"RELEASE SAVEPOINT {savepoint}")
+                block.held.add(key)
             sql(f"SAVEPOINT {savepoint}")
             try:
                 yield
+                # Writes sent ahead in the block are answered here at the latest: one
+                # refused leaves the block by its error, as if raised at its call.
+                sql(f"RELEASE SAVEPOINT {savepoint}")
             except BaseException:
                 undo(failed_before)
                 raise
-            sql(f"RELEASE SAVEPOINT {savepoint}")
         finally:
             block.depth -= 1
+            block.active.discard(key)
 
     # -- schema and clock ------------------------------------------------------------
 
@@ -571,7 +620,7 @@ class Database:
             exc = exc.orig
         if isinstance(exc, sqlalchemy.exc.TimeoutError):
             return self._pool_timeout(exc, acquiring)
-        refused = REFUSALS.get(self.strategy.refused_column(exc) or "")
+        refused = REFUSALS.get(self.strategy.refused_rule(exc) or "")
         if refused is not None:
             return refused(label or "the path")
         text = f"{self.name} error on {self.safe_url}: {type(exc).__name__}: {exc}"

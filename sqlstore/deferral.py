@@ -51,7 +51,9 @@ class Deferral(ABC):
 
     @abstractmethod
     def settle(self) -> None:
-        """Wait for every deferred statement; afterwards statements run one at a time.
+        """Wait for every deferred statement (a statement that needs its answer follows).
+
+        Later deferred statements are sent ahead again.
 
         Raises:
             StatementFailed: a deferred statement failed.

@@ -11,6 +11,7 @@ original as ``__cause__``.
 from __future__ import annotations
 
 __all__ = [
+    "CommitUnknownError",
     "DatabaseError",
     "DatabaseTimeoutError",
     "DriverNotInstalledError",
@@ -48,6 +49,20 @@ class DatabaseTimeoutError(DatabaseError, TimeoutError):
     longer than ``read_timeout`` (see :func:`sqlstore.create_engine`), or the pool's
     ``pool_timeout`` passes with every connection in use. Not retried: the server was
     given its time.
+
+    Raised for a lock block only when the block did not commit: if its ``COMMIT`` went
+    unanswered, sqlstore first finds out whether it landed (PostgreSQL), and returns
+    normally if it did, or raises :class:`CommitUnknownError` if that cannot be told.
+    """
+
+
+class CommitUnknownError(DatabaseError):
+    """A lock block's ``COMMIT`` went unanswered and whether it committed cannot be told.
+
+    Raised where the database cannot say (MySQL/MariaDB), or where asking failed (the
+    server unreachable, or the transaction's fate still open after the wait). The
+    block's writes may or may not be stored: read them back before writing them again.
+    Not a ``TimeoutError``: the caller must not treat it as "nothing happened".
     """
 
 

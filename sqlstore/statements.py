@@ -39,6 +39,7 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from .dialects import DialectStrategy
+from .dialects.base import A_DIRECTORY, BELOW_A_FILE
 from .schema import Content, DirKey, FileId, chunks, files
 
 Processor = Callable[[Any], Any]
@@ -46,10 +47,10 @@ Processor = Callable[[Any], Any]
 #: Files larger than this are never read ahead (the query leaves them out).
 READ_AHEAD_MAX_SIZE = 256 << 10
 
-#: What a write refused by a tree rule raises, by the column the rule made NULL.
+#: What a write refused by a tree rule raises, by the rule (see ``Statements.write``).
 REFUSALS: dict[str, Callable[[str], OSError]] = {
-    "content": lambda path: FileExistsError(f"a parent directory of {path!r} is a file"),
-    "size": lambda path: IsADirectoryError(f"{path!r} is a directory"),
+    BELOW_A_FILE: lambda path: FileExistsError(f"a parent directory of {path!r} is a file"),
+    A_DIRECTORY: lambda path: IsADirectoryError(f"{path!r} is a directory"),
 }
 
 
@@ -276,11 +277,14 @@ class Statements:
         """Insert or overwrite a file ``depth`` directories deep, unless a tree rule forbids it.
 
         A forbidden write fails in the database, so that it can never pass unseen, in
-        a lock block whose statements are sent ahead either: the value of a NOT NULL
-        column turns NULL. ``content`` when one of the ancestors (bind parameters
-        ``a0``...) is a file, ``size`` when the path is a directory (a file lies in
-        ``[low, high)``); :data:`REFUSALS` says what each means. One statement per
-        depth keeps each one a fixed string.
+        a lock block whose statements are sent ahead either. Each rule fails it with an
+        error of its own code, so that the code alone says which rule refused (never
+        the message, which is in the server's language and names a table or a shard):
+        ``content`` turns NULL (a NOT NULL violation) when one of the ancestors (bind
+        parameters ``a0``...) is a file; ``chunk_count`` takes the dialect's
+        :meth:`~sqlstore.dialects.DialectStrategy.directory_refusal` when the path is a
+        directory (a file lies in ``[low, high)``). :data:`REFUSALS` says what each
+        means. One statement per depth keeps each one a fixed string.
         """
         found = self._writes.get(depth)
         if found is not None:
@@ -290,8 +294,9 @@ class Statements:
             ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
             below_a_file = exists().where(_ns, _f.file_id.in_(ancestors))
             content = case((below_a_file, null()), else_=content)
-        size = case(
-            (exists().where(_ns, _in_range), null()), else_=bindparam("size", type_=BigInteger)
+        chunk_count = case(
+            (exists().where(_ns, _in_range), self._strategy.directory_refusal()),
+            else_=bindparam("chunk_count", type_=Integer),
         )
         source = select(
             bindparam("fid", type_=FileId),
@@ -299,8 +304,8 @@ class Statements:
             bindparam("key", type_=DirKey),
             bindparam("name", type_=_f.name.type),
             content,
-            size,
-            bindparam("chunk_count", type_=Integer),
+            bindparam("size", type_=BigInteger),
+            chunk_count,
             self._strategy.utc_now(),
             self._strategy.utc_now(),
         )

@@ -7,6 +7,10 @@
   the client sending again — the round trips the client waited for.
 * ``cut_after(n)``: the connection that makes the n-th exchange from now is cut right
   there, both ways (once): a connection lost in the middle of a transaction.
+* ``mute()``: on the connections open now, the server's answers never reach the client
+  any more, while what the client sends still reaches the server (an answer lost in the
+  network after the request arrived); new connections work.
+* ``refuse_new()``: from then on a new connection is closed as soon as it is accepted.
 
 ``SilentServer`` is a socket that accepts connections and never answers at all.
 """
@@ -34,11 +38,22 @@ class Proxy:
         self._cut_at: int | None = None
         self._pairs: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._sockets: list[socket.socket] = []
+        self._muted: set[int] = set()
+        self._refusing = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def silence(self) -> None:
         """Stop relaying anything, in both directions, on every connection."""
         self._silent.set()
+
+    def mute(self) -> None:
+        """Drop the server's answers on every connection open now; relay the rest."""
+        with self._lock:
+            self._muted.update(self._pairs)
+
+    def refuse_new(self) -> None:
+        """Close every connection accepted from now on at once."""
+        self._refusing.set()
 
     def cut_after(self, n: int) -> None:
         """Cut the connection that makes the ``n``-th exchange from now, before relaying it."""
@@ -63,6 +78,9 @@ class Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._refusing.is_set():
+                client.close()
+                continue
             server = socket.create_connection(self.upstream)
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -89,7 +107,7 @@ class Proxy:
                 with contextlib.suppress(OSError):
                     target.shutdown(socket.SHUT_WR)
                 return
-            if self._silent.is_set():
+            if self._silent.is_set() or (from_server and key in self._muted):
                 continue  # swallowed: the other side waits forever
             with self._lock:
                 if not from_server and self._last_from_server[key]:

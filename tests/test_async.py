@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 
 import pytest
@@ -106,3 +107,34 @@ def test_the_owning_task_joins_its_own_block_across_awaits(engine: sa.Engine) ->
 
 def _suffix() -> str:
     return uuid.uuid4().hex
+
+
+def test_a_context_copied_in_a_block_and_run_after_it_calls_on_its_own(
+    store: SQLFileStore,
+) -> None:
+    """The owner's thread runs a copy of the block's context once the block is over."""
+    with store.lock("l", timeout=5):
+        store.write("in", "1")
+        copied = contextvars.copy_context()
+    copied.run(store.write, "copied", "2")
+    assert store.read("copied") == "2"
+
+    errors: list[BaseException] = []
+
+    def write_soon() -> None:
+        try:
+            store.write("soon", "3")
+        except BaseException as exc:  # a callback's error would only be logged
+            errors.append(exc)
+
+    loop = asyncio.new_event_loop()
+    try:
+        with store.lock("l", timeout=5):
+            store.write("in", "4")
+            loop.call_soon(write_soon)  # from outside any task: the context is copied
+        loop.run_until_complete(asyncio.sleep(0))  # runs it, outside any task too
+    finally:
+        loop.close()
+    assert errors == []
+    assert store.read("soon") == "3"
+    assert store.read("in") == "4"

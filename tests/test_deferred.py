@@ -8,7 +8,14 @@ whole. On SQLite it is reported at the call. Either way nothing of the block lan
 
 from __future__ import annotations
 
+import gc
+import logging
+import time
+from collections.abc import Iterator
+
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
 import sqlstore
 from sqlstore import SQLFileStore
@@ -86,3 +93,50 @@ def test_outside_a_block_refusals_are_reported_at_the_call(store: SQLFileStore) 
     with pytest.raises(FileExistsError):
         store.write("f/big", big)  # a multi-statement transaction on MariaDB
     assert store.list("") == ["d/", "f"]
+
+
+def test_a_refusal_that_leaves_a_nested_block_undoes_that_block_only(store: SQLFileStore) -> None:
+    """Identical on every database, wherever the refusal surfaces (the call, or the block's end)."""
+    store.write("f", "a file")
+    with store.lock("outer", timeout=5):
+        store.write("a", "1")
+        with pytest.raises(FileExistsError, match="'f/g'"), store.lock("inner", timeout=5):
+            store.write("f/g", "below a file")  # SQLite: refused here; others: as it ends
+            store.write("b", "undone with the nested block")
+        store.write("c", "3")
+    assert store.list("") == ["a", "c", "f"]
+
+
+@pytest.fixture
+def counted_engine(migrated_url: URL) -> Iterator[tuple[sa.Engine, list[object]]]:
+    """An engine of its own, and the connections it invalidated."""
+    engine = sqlstore.create_engine(migrated_url)
+    invalidated: list[object] = []
+    sa.event.listen(engine, "invalidate", lambda conn, record, exc: invalidated.append(exc))
+    yield engine, invalidated
+    engine.dispose()
+
+
+@pytest.mark.parametrize("where", ["a later write", "the commit"])
+def test_a_refusal_answered_before_the_next_statement_names_its_path(
+    counted_engine: tuple[sa.Engine, list[object]],
+    namespace: str,
+    where: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """PostgreSQL raises an answer that arrived meanwhile from the next statement sent."""
+    engine, invalidated = counted_engine
+    store = SQLFileStore(engine, namespace)
+    store.write("f", "a file")
+    with pytest.raises(FileExistsError, match="'f/g'"), store.lock("l", timeout=5):
+        store.write("f/g", "below a file")
+        time.sleep(0.3)  # the refusal's answer is back before anything else is sent
+        if where == "a later write":
+            store.write("after", "x")
+    gc.collect()  # a pipeline left open would log an error once collected
+    assert store.list("") == ["f"]
+    assert invalidated == [], "a refusal cost the pooled connection"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+    with store.lock("l", timeout=5):
+        store.write("g", "the store works on")
+    assert store.read("g") == "the store works on"

@@ -6,6 +6,7 @@ These tests fork on purpose: the rest of the suite starts helper processes with
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import sys
@@ -16,7 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import URL
 
+import sqlstore
 from sqlstore import SQLFileStore
 from tests.holding import held_by_another_thread
 
@@ -112,6 +115,43 @@ def test_a_child_forked_inside_a_lock_block_neither_joins_nor_ends_it(
     assert store.read("after-fork") == "parent"
     if db_dialect != "sqlite":
         assert other.read("mine") == "child"
+
+
+def test_a_child_that_runs_on_after_leaving_the_parents_block_ends_nothing_of_it(
+    migrated_url: URL, namespace: str
+) -> None:
+    """A worker forked inside a block leaves it and works on, its garbage collector too.
+
+    The parent's write is still unanswered at the fork (PostgreSQL: in pipeline mode).
+    Whatever the child collects must not touch the parent's connection: the parent's
+    block commits, at once, everything it wrote.
+    """
+    engine = sqlstore.create_engine(migrated_url, read_timeout=5)
+    store = SQLFileStore(engine, namespace)
+    store.write("counter", "0")
+    pid = -1
+    started = 0.0
+    try:
+        with store.lock("events/.eventlog.lock", timeout=10):
+            store.write("counter", "1")
+            pid = os.fork()
+            if pid != 0:
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 0
+                store.write("after-fork", "parent")
+                started = time.monotonic()
+    finally:
+        if pid == 0:  # the child left the block, as a worker returns to its own work
+            code = 1 if sys.exc_info()[0] else 0
+            gc.collect()
+            garbage = [[i] for i in range(200_000)]  # allocations collect on their own too
+            del garbage
+            gc.collect()
+            os._exit(code)
+    assert time.monotonic() - started < 2, "the parent's COMMIT waited for an answer"
+    assert store.read("counter") == "1"
+    assert store.read("after-fork") == "parent"
+    engine.dispose()
 
 
 def test_a_forked_child_whose_other_parent_thread_held_a_lock_does_not_hang(

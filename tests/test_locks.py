@@ -265,6 +265,23 @@ def test_not_reentrant(store: SQLFileStore) -> None:
     assert _timed_acquire(store, "p", 1.0) < 1.0
 
 
+def test_the_same_path_locked_again_after_a_nested_block_ended(store: SQLFileStore) -> None:
+    """As with LocalFileStore: a lock released can be taken again, inside an outer block too."""
+    with store.lock("outer", timeout=5):
+        with store.lock("p", timeout=1):
+            store.write("one", "1")
+        with store.lock("p", timeout=1):
+            store.write("two", "2")
+            with pytest.raises(sqlstore.LockTimeoutError, match="already locked"):
+                store.lock("p", timeout=0)  # while it is open, still not reentrant
+        with pytest.raises(Boom), store.lock("p", timeout=1):
+            store.write("undone", "x")
+            raise Boom
+        with store.lock("p", timeout=1):
+            store.write("three", "3")
+    assert store.list("") == ["one", "three", "two"]
+
+
 # -- timeouts and release ------------------------------------------------------------------
 
 

@@ -62,3 +62,21 @@ def test_one_sdk_append_costs_few_round_trips(
     assert store.list("events")[0] == "events/.eventlog-len-12.marker"
     print(f"\n{db_dialect}: round trips per SDK append {counts}")
     assert max(counts) <= LIMITS[db_dialect], counts
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql", "pgbouncer"], indirect=True)
+def test_writes_after_a_nested_block_are_still_sent_ahead(
+    through_proxy: tuple[Proxy, sa.Engine], namespace: str
+) -> None:
+    proxy, engine = through_proxy
+    store = SQLFileStore(engine, namespace)
+    with store.lock("outer", timeout=5):
+        store.write("before", "x")
+        with store.lock("inner", timeout=5):
+            store.write("inside", "x")
+        proxy.reset_count()
+        for i in range(5):
+            store.write(f"after-{i}", "x")
+        waited = proxy.exchanges
+    assert waited <= 1, f"5 writes after a nested block waited for {waited} answers"
+    assert len(store.list("")) == 7

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Self
@@ -34,6 +34,7 @@ from sqlalchemy import (
     TextClause,
     bindparam,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.engine import URL
@@ -209,8 +210,12 @@ class DialectStrategy(ABC):
         conn.sql("BEGIN")
 
     @abstractmethod
-    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
+    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> object:
         """Open a transaction that holds the lock ``key`` until :meth:`end`.
+
+        Returns:
+            A witness for :meth:`commit_outcome` (taken in the same round trip), or
+            ``None`` if the dialect cannot tell a commit's outcome afterwards.
 
         Raises:
             LockTimeoutError: the lock was not acquired within ``timeout`` seconds. The
@@ -238,6 +243,25 @@ class DialectStrategy(ABC):
             conn: The connection.
             begin: Whether the transaction is still to be opened (outside lock blocks);
                 the deferral then opens it with what it sends first.
+        """
+        return None
+
+    def commit_outcome(
+        self, witness: object, ask: Callable[[str, Sequence[Any]], Any]
+    ) -> bool | None:
+        """Whether a lock block whose ``COMMIT`` went unanswered committed.
+
+        The block's connection has been discarded (and what it ran ended in the server
+        as far as the dialect can: a cancel, a ``KILL``).
+
+        Args:
+            witness: What :meth:`begin_locked` returned.
+            ask: Runs one query (literal SQL, the driver's parameter style) on another
+                connection and returns the first column of its first row.
+
+        Returns:
+            ``True``: it committed; ``False``: it did not and never will; ``None``:
+            this cannot be told.
         """
         return None
 
@@ -307,10 +331,33 @@ class DialectStrategy(ABC):
         """Whether a driver error means the server did not answer within a timeout."""
         return False
 
-    @abstractmethod
-    def refused_column(self, exc: BaseException) -> str | None:
-        """The column a NOT NULL violation names, if ``exc`` is one (a tree rule refused)."""
+    def directory_refusal(self) -> ColumnElement[Any]:
+        """The ``chunk_count`` value that fails a write whose path is a directory.
 
+        One past the largest ``INTEGER``: out of range, an error whose code differs
+        from the NOT NULL violation that refuses a write below a file.
+        """
+        return literal_column("2147483648")
+
+    @abstractmethod
+    def refused_rule(self, exc: BaseException) -> str | None:
+        """The tree rule that refused a write, if ``exc`` is such a refusal.
+
+        :data:`BELOW_A_FILE` or :data:`A_DIRECTORY`, told apart by the error's code
+        alone (see :meth:`sqlstore.statements.Statements.write`).
+        """
+
+    def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
+        """Whether ``exc`` means the connection is gone (``dbapi_connection``: ``None`` if unknown).
+
+        By the error's code and the connection's state, never by the message.
+        """
+        return False
+
+
+#: The tree rules a write may break (see :meth:`DialectStrategy.refused_rule`).
+BELOW_A_FILE = "below a file"
+A_DIRECTORY = "a directory"
 
 #: sqlstore's tables, in the order a layout change rebuilds them.
 TABLES = ("sqlstore_files", "sqlstore_chunks")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -24,6 +23,8 @@ from sqlalchemy.dialects.mysql import insert
 from ..deferral import Deferral, Params, StatementFailed
 from ..errors import DatabaseError, LockTimeoutError
 from .base import (
+    A_DIRECTORY,
+    BELOW_A_FILE,
     TABLES,
     DialectStrategy,
     check_partitions,
@@ -44,7 +45,11 @@ _MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS
 #: Most bytes of SQL sent ahead in one packet (max_allowed_packet is 16 MiB by default
 #: on MariaDB, and escaped binary content can take twice its size).
 _BATCH_BYTES = 4 << 20
-_BAD_NULL = 1048  # "Column '%s' cannot be null" (strict mode, see on_connect)
+#: The tree rules' refusals (see Statements.write, and strict mode in on_connect):
+#: ER_BAD_NULL_ERROR, ER_WARN_DATA_OUT_OF_RANGE.
+_REFUSALS = {1048: BELOW_A_FILE, 1264: A_DIRECTORY}
+#: The connection is gone: killed, gone away, lost, out of sync, ... (SQLAlchemy's list).
+_GONE = frozenset({1927, 2006, 2013, 2014, 2045, 2055, 4031})
 #: Longest wait to end a timed-out connection's server session from another connection.
 _KILL_TIMEOUT = 5.0
 # PyMySQL reports its own socket timeouts as "cannot connect" or "lost connection".
@@ -365,17 +370,35 @@ class MySQLStrategy(DialectStrategy):
     def is_busy(self, exc: BaseException) -> bool:
         return _error_number(exc) == _LOCK_WAIT_TIMEOUT
 
-    def refused_column(self, exc: BaseException) -> str | None:
-        if _error_number(exc) != _BAD_NULL:
-            return None
-        found = re.search(r"Column '(\w+)' cannot be null", str(exc))
-        return found.group(1) if found else None
+    def refused_rule(self, exc: BaseException) -> str | None:
+        # The error number alone: the message is in the server's language (lc_messages).
+        return _REFUSALS.get(_error_number(exc) or 0)
 
     def is_timeout(self, exc: BaseException) -> bool:
-        return _error_number(exc) in _CLIENT_TIMEOUTS and "timed out" in str(exc)
+        # PyMySQL raises its socket's TimeoutError as "cannot connect" or "lost
+        # connection", from inside the handler: the timeout is the error's context.
+        return _error_number(exc) in _CLIENT_TIMEOUTS and _caused_by_timeout(exc)
+
+    def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
+        if _error_number(exc) in _GONE:
+            return True
+        # PyMySQL's error on a connection it had already closed has no number (0).
+        return dbapi_connection is not None and not dbapi_connection.open
 
 
 def _error_number(exc: BaseException) -> int | None:
     """The MySQL error number PyMySQL puts first in its exception's args."""
     args: tuple[object, ...] = exc.args
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def _caused_by_timeout(exc: BaseException) -> bool:
+    """Whether a socket timeout is among the exceptions ``exc`` was raised from."""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        seen = seen.__cause__ or seen.__context__ or getattr(seen, "original_exception", None)
+        if isinstance(seen, TimeoutError):
+            return True
+    return False

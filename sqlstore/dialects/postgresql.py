@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import Connection, TextClause
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
+from .. import forking
 from ..deferral import Deferral, Params, StatementFailed
 from ..errors import LockTimeoutError
 from .base import (
+    A_DIRECTORY,
+    BELOW_A_FILE,
     TABLES,
     DialectStrategy,
     check_partitions,
@@ -33,11 +37,17 @@ if TYPE_CHECKING:
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
 _TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _LOCK_NOT_AVAILABLE = "55P03"
-_NOT_NULL_VIOLATION = "23502"
+#: The tree rules' refusals (see Statements.write): not_null_violation, numeric_value_out_of_range.
+_REFUSALS = {"23502": BELOW_A_FILE, "22003": A_DIRECTORY}
+#: The server ended the session: admin_shutdown, crash_shutdown, cannot_connect_now.
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
 #: libpq's (and psycopg's) shortest connect timeout.
 _MIN_CONNECT_TIMEOUT = 2
-#: Longest wait for a cancel request to be delivered, after a read timeout.
+#: Longest wait for a cancel request to be delivered, after a read timeout; also the
+#: longest wait for a block whose COMMIT went unanswered to be seen ended.
 _CANCEL_TIMEOUT = 5.0
+#: Seconds between two looks at such a block's transaction status.
+_STATUS_POLL = 0.05
 
 
 def advisory_key(key: bytes) -> int:
@@ -62,7 +72,17 @@ def _timed_connection() -> Any:
         #: Seconds to wait for the server in any one wait; set by sqlstore.
         read_timeout: float | None = None
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: The fork generation of the process that opened it (see sqlstore.forking).
+            self.generation = forking.generation
+
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            if self.generation != forking.generation:
+                # A forked child never talks on its parent's connection, whatever asks:
+                # a pipeline the child's garbage collector finalises would otherwise
+                # end the parent's pipeline on the parent's socket.
+                raise psycopg.OperationalError("the connection belongs to another process")
             try:
                 limit = self.read_timeout if timeout is None else timeout
                 return super().wait(gen, interval, limit)
@@ -95,7 +115,13 @@ class PipelineDeferral(Deferral):
     is answered after them (the server keeps the order), and the ``COMMIT`` goes with
     the last of them, so their answers all come back in the commit's round trip. The
     pipeline is entered with the first deferred statement: a block that only reads
-    (or locks and unlocks) never pays for it.
+    (or locks and unlocks) never pays for it. A statement that must wait for its answer
+    (a savepoint of a nested block) leaves the pipeline; the next deferred statement
+    enters it again.
+
+    An answer may arrive while later statements are still being sent: psycopg then
+    raises a failed statement's error from a later :meth:`defer` or from the
+    ``COMMIT``. Either way it is reported as that statement's :class:`StatementFailed`.
     """
 
     def __init__(self, conn: PooledConnection) -> None:
@@ -108,8 +134,11 @@ class PipelineDeferral(Deferral):
             self._mode = self._conn.dbapi.pipeline()
             self._mode.__enter__()
         cursor = self._conn.dbapi.cursor()
-        cursor.execute(statement.sql, statement.args(params))
         self._sent.append((cursor, label))
+        try:
+            cursor.execute(statement.sql, statement.args(params))
+        except Exception as exc:
+            self._fail(exc)
 
     def before_read(self) -> None:
         """Nothing to do: the read is answered after what was sent before it."""
@@ -124,11 +153,14 @@ class PipelineDeferral(Deferral):
             raise StatementFailed(exc, label) from exc
 
     def settle(self) -> None:
-        self._leave()
+        self._leave(detach=False)
 
     def commit(self, then: Sequence[str] = ()) -> None:
-        for sql in ("COMMIT", *then):
-            self._conn.dbapi.execute(sql)
+        try:
+            for sql in ("COMMIT", *then):
+                self._conn.dbapi.execute(sql)
+        except Exception as exc:
+            self._fail(exc)
         self._leave()
 
     def discard(self) -> None:
@@ -144,9 +176,21 @@ class PipelineDeferral(Deferral):
                 return label
         return None
 
-    def _leave(self, *, quietly: bool = False) -> None:
-        """Sync (one round trip for everything sent) and leave pipeline mode."""
-        if self._conn.deferral is self:
+    def _fail(self, exc: Exception) -> NoReturn:
+        """Raise ``exc`` as the failure of the first statement sent that failed."""
+        label = self._failed_label()
+        self._leave(quietly=True)
+        raise StatementFailed(exc, label) from exc
+
+    def _leave(self, *, quietly: bool = False, detach: bool = True) -> None:
+        """Sync (one round trip for everything sent) and leave pipeline mode.
+
+        Args:
+            quietly: Swallow the errors of what was sent (the block rolls back anyway).
+            detach: Stop deferring on this connection; else the next deferred
+                statement enters the pipeline again.
+        """
+        if detach and self._conn.deferral is self:
             self._conn.deferral = None
         if self._mode is None:
             return
@@ -241,25 +285,64 @@ class PostgreSQLStrategy(DialectStrategy):
     def leave_autocommit(self, dbapi_connection: Any, token: object) -> None:
         dbapi_connection.autocommit = token
 
-    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
+    def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> object:
+        # BEGIN, the lock and the transaction's id in one round trip: with no parameters
+        # the driver sends the statements at once (every value is one we made). The id
+        # tells later whether a COMMIT that went unanswered landed (commit_outcome).
+        witness = ", pg_current_xact_id()::text"
         try:
             if timeout == 0:
-                conn.sql("BEGIN")
-                self._try(conn, key)
-            else:
-                # BEGIN and the lock in one round trip: with no parameters the driver
-                # sends both statements at once (both values are integers we made).
-                with self._patient(conn, timeout):
-                    conn.sql(f"BEGIN; {self._lock_sql(key, timeout)}")
+                got, xid = self._first_row(
+                    conn, f"BEGIN; SELECT pg_try_advisory_xact_lock({advisory_key(key)}){witness}"
+                )
+                if not got:
+                    raise LockTimeoutError("lock is held by another session (timeout=0)")
+                return xid
+            with self._patient(conn, timeout):
+                _, _, xid = self._first_row(conn, f"BEGIN; {self._lock_sql(key, timeout)}{witness}")
+            return xid
         except BaseException as exc:
             conn.rollback_quietly()
             if isinstance(exc, Exception) and self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
 
+    @staticmethod
+    def _first_row(conn: PooledConnection, sql: str) -> Sequence[Any]:
+        """The first row of the last result of ``sql`` (statements sent in one round trip)."""
+        cursor = conn.dbapi.cursor()
+        try:
+            cursor.execute(sql)
+            while cursor.nextset():
+                pass
+            row: Sequence[Any] = cursor.fetchone()
+            return row
+        finally:
+            cursor.close()
+
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
         # Lock blocks only: every other transaction here is a single statement.
         return None if begin else PipelineDeferral(conn)
+
+    def commit_outcome(
+        self, witness: object, ask: Callable[[str, Sequence[Any]], Any]
+    ) -> bool | None:
+        # The timed-out connection asked the server to cancel what it ran, then closed:
+        # the transaction ends as soon as the server sees either. Until then its status
+        # is 'in progress'; it may also stay so while the cancel never arrived (libpq
+        # before 17 sends none) and a row lock holds the statement: then nobody knows.
+        if witness is None:
+            return None
+        deadline = time.monotonic() + min(self.timeouts.read, _CANCEL_TIMEOUT)
+        while True:
+            status = ask("SELECT pg_xact_status(%s::xid8)", (witness,))
+            if status == "committed":
+                return True
+            if status == "aborted":
+                return False
+            if status is None or time.monotonic() >= deadline:
+                return None  # still in progress, or too old to be known
+            time.sleep(_STATUS_POLL)
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         if timeout == 0:
@@ -301,6 +384,7 @@ class PostgreSQLStrategy(DialectStrategy):
 
     @staticmethod
     def _try(conn: PooledConnection, key: bytes) -> None:
+        """Take ``key`` if it is free at once (in a transaction already open)."""
         if not conn.sql(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"):
             raise LockTimeoutError("lock is held by another session (timeout=0)")
 
@@ -384,20 +468,27 @@ class PostgreSQLStrategy(DialectStrategy):
         code = getattr(exc, "sqlstate", None)
         if code is None:
             # psycopg raises OperationalError without a SQLSTATE when no server answers.
-            return type(exc).__name__ == "OperationalError"
+            import psycopg
+
+            return isinstance(exc, psycopg.OperationalError)
         return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
 
     def is_busy(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == _LOCK_NOT_AVAILABLE
 
-    def refused_column(self, exc: BaseException) -> str | None:
-        if getattr(exc, "sqlstate", None) != _NOT_NULL_VIOLATION:
-            return None
-        column: str | None = exc.diag.column_name  # type: ignore[attr-defined]
-        return column
+    def refused_rule(self, exc: BaseException) -> str | None:
+        # The SQLSTATE alone: Citus reports a shard's error with its SQLSTATE but
+        # without the column and table fields.
+        return _REFUSALS.get(getattr(exc, "sqlstate", None) or "")
 
     def is_timeout(self, exc: BaseException) -> bool:
         from psycopg.errors import ConnectionTimeout
 
         server_timeout: type[Exception] = _timed_connection().ServerTimeout
         return isinstance(exc, ConnectionTimeout | server_timeout)
+
+    def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
+        if dbapi_connection is not None and (dbapi_connection.closed or dbapi_connection.broken):
+            return True
+        code = getattr(exc, "sqlstate", None)
+        return code is not None and (code.startswith("08") or code in _SERVER_GONE)

@@ -6,23 +6,25 @@ lock block and every write on that file, whatever its path. Readers never wait (
 
 from __future__ import annotations
 
-import re
+import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import ColumnElement, Connection, Engine, func, literal_column
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.engine import URL
 
 from ..errors import LockTimeoutError
-from .base import DialectStrategy, timeout_ms
+from .base import A_DIRECTORY, BELOW_A_FILE, DialectStrategy, timeout_ms
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
 
 _SQLITE_BUSY = 5
+#: The tree rules' refusals (see Statements.write): SQLITE_CONSTRAINT_NOTNULL, SQLITE_TOOBIG.
+_REFUSALS = {1299: BELOW_A_FILE, 18: A_DIRECTORY}
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
 
@@ -143,12 +145,26 @@ class SQLiteStrategy(DialectStrategy):
     def is_transient(self, exc: BaseException) -> bool:
         return False
 
-    def refused_column(self, exc: BaseException) -> str | None:
-        found = re.search(r"NOT NULL constraint failed: \w+\.(\w+)", str(exc))
-        return found.group(1) if found else None
+    def directory_refusal(self) -> ColumnElement[Any]:
+        # SQLite stores any integer in any column: a blob longer than any SQLite allows
+        # (SQLITE_MAX_LENGTH is at most 2**31 - 1) fails with SQLITE_TOOBIG instead,
+        # raised only if the CASE takes this branch. The store itself never sends a
+        # value that large (max_content_size).
+        return func.zeroblob(literal_column("2147483648"))
+
+    def refused_rule(self, exc: BaseException) -> str | None:
+        return _REFUSALS.get(getattr(exc, "sqlite_errorcode", None) or 0)
 
     def is_busy(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None:
-            return bool(code & 0xFF == _SQLITE_BUSY)
-        return "database is locked" in str(exc)
+        return code is not None and code & 0xFF == _SQLITE_BUSY
+
+    def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
+        # Only a closed connection is gone (the database is a file in this process).
+        if dbapi_connection is None:
+            return False
+        try:
+            dbapi_connection.in_transaction  # noqa: B018 - raises once closed
+        except sqlite3.ProgrammingError:
+            return True
+        return False
