@@ -17,10 +17,11 @@ Observed connections: where the engine has connection event listeners
 (``before_cursor_execute``, ``after_cursor_execute``, ``handle_error``... as
 OpenTelemetry's, Sentry's and Datadog's SQLAlchemy integrations add) or logs its
 statements (``echo=True``, or the ``sqlalchemy.engine`` logger at INFO), every
-statement runs through a SQLAlchemy ``Connection`` wrapped around the same pooled
-connection (:attr:`PooledConnection.observer`), so that they all see it, with its SQL
-and parameters, in order. Nothing is then sent ahead: a deferred statement runs when it
-is deferred. Without listeners or logging, statements go straight to the driver's cursor.
+statement fires them (:mod:`sqlstore.observing`), with a SQLAlchemy ``Connection``
+wrapped around the same pooled connection (:attr:`PooledConnection.observer`), its SQL
+and its parameters, in order. Nothing is then sent ahead: a deferred statement runs
+when it is deferred. Without listeners or logging, statements go straight to the
+driver's cursor.
 """
 
 from __future__ import annotations
@@ -30,10 +31,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from . import forking, pooling
+from . import forking, observing, pooling
 from .deferral import Deferral, Params, StatementFailed
 from .statements import Statement
 
@@ -107,15 +107,12 @@ class PooledConnection:
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
             return
-        if self.observer is not None:
-            try:
-                self._observed(statement.sql, statement.args(params)).close()
-            except Exception as exc:
-                raise StatementFailed(exc, label) from exc
-            return
         cursor = self.raw.cursor()
         try:
-            cursor.execute(statement.sql, statement.args(params))
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, statement.args(params))
+            else:
+                cursor.execute(statement.sql, statement.args(params))
         except Exception as exc:
             raise StatementFailed(exc, label) from exc
         finally:
@@ -126,11 +123,12 @@ class PooledConnection:
         self.statements += 1
         if self.deferral is not None:
             self.deferral.before_read()
-        if self.observer is not None:
-            return self._observed(statement.sql, statement.args(params))
         cursor = self.raw.cursor()
         try:
-            cursor.execute(statement.sql, statement.args(params))
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, statement.args(params))
+            else:
+                cursor.execute(statement.sql, statement.args(params))
         except Exception as exc:
             cursor.close()
             self._read_failed(exc)
@@ -140,26 +138,17 @@ class PooledConnection:
             raise
         return cursor
 
-    def _observed(self, sql: str, args: Any = None) -> Any:
-        """Run through :attr:`observer`, so its events fire; the driver's error is raised.
+    def run_on(self, cursor: Any, sql: str, params: Any = None) -> None:
+        """``cursor.execute(sql, params)`` on this connection's cursor, observed if need be.
 
-        Returns:
-            SQLAlchemy's ``CursorResult`` (``fetchone``, ``fetchall``, ``rowcount``,
-            ``close`` as a cursor has them).
+        For statements a dialect runs on a cursor of its own (several results).
         """
-        observer = self.observer
-        assert observer is not None
-        try:
-            if args is None:
-                return observer.exec_driver_sql(sql)
-            return observer.exec_driver_sql(sql, args)
-        except DBAPIError as exc:
-            if not self.raw.is_valid:
-                # SQLAlchemy found a disconnect and has invalidated (and checked in) it.
-                self.closed = True
-            if exc.orig is None:
-                raise
-            raise exc.orig from exc
+        if self.observer is not None:
+            observing.execute(self.observer, cursor, sql, params)
+        elif params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
 
     def _read_failed(self, exc: Exception) -> None:
         if self.deferral is not None:
@@ -179,13 +168,13 @@ class PooledConnection:
         self.statements += len(rows)
         if self.deferral is not None:
             self.deferral.settle()
-        if self.observer is not None:
-            self._observed(statement.sql, [statement.args(row) for row in rows]).close()
-            return
         cursor = self.raw.cursor()
         try:
             args: list[Any] = [statement.args(row) for row in rows]
-            cursor.executemany(statement.sql, args)
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, args, many=True)
+            else:
+                cursor.executemany(statement.sql, args)
         finally:
             cursor.close()
 
@@ -221,21 +210,9 @@ class PooledConnection:
         """
         if self.deferral is not None:
             self.deferral.settle()
-        if self.observer is not None:
-            result = self._observed(sql, params)
-            try:
-                if not result.returns_rows:
-                    return None
-                found = result.fetchone()
-                return None if found is None else found[0]
-            finally:
-                result.close()
         cursor = self.raw.cursor()
         try:
-            if params is None:
-                cursor.execute(sql)
-            else:
-                cursor.execute(sql, params)
+            self.run_on(cursor, sql, params)
             if cursor.description is None:
                 return None
             row = cursor.fetchone()

@@ -31,7 +31,7 @@ import sqlalchemy
 from sqlalchemy import Engine, column, select, table
 from sqlalchemy.engine import URL
 
-from . import blocks, forking, pooling
+from . import blocks, forking, observing, pooling
 from .blocks import Block
 from .connection import PooledConnection, StatementFailed
 from .dialects import DialectStrategy, strategy_for
@@ -121,7 +121,7 @@ class Database:
             conn = parked.pop()
         except IndexError:
             return self._attempts(work, check_schema=check_schema)
-        if engine._has_events or engine._should_log_info():
+        if engine._has_events or observing.wanted(engine):
             conn.observer = self._observer(conn)
         elif conn.observer is not None:
             conn.observer = None
@@ -247,7 +247,7 @@ class Database:
             conn: PooledConnection = parked.pop()
         except IndexError:
             return self._checkout()
-        if engine._has_events or engine._should_log_info():
+        if engine._has_events or observing.wanted(engine):
             conn.observer = self._observer(conn)
         elif conn.observer is not None:
             conn.observer = None
@@ -273,7 +273,7 @@ class Database:
     def _observer(self, conn: PooledConnection) -> sqlalchemy.Connection | None:
         """The ``Connection`` ``conn``'s statements run through, if anyone listens or logs."""
         engine = self.engine
-        if not (engine._has_events or engine._should_log_info()):
+        if not observing.wanted(engine):
             return None
         if conn.observer is None:
             return sqlalchemy.Connection(engine, connection=conn.raw)

@@ -312,7 +312,7 @@ class PostgreSQLStrategy(DialectStrategy):
         """The first row of the last result of ``sql`` (statements sent in one round trip)."""
         cursor = conn.dbapi.cursor()
         try:
-            cursor.execute(sql)
+            conn.run_on(cursor, sql)
             while cursor.nextset():
                 pass
             row: Sequence[Any] = cursor.fetchone()
