@@ -309,9 +309,7 @@ class RawSame:
         """A lock block's statements, as sqlstore's dialect sends them."""
         cur = self.cur
         if self.backend == "sqlite":
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("BEGIN IMMEDIATE")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("BEGIN IMMEDIATE")  # sqlstore sets busy_timeout only if it differs
             yield
             cur.execute("COMMIT")
         elif self.backend == "postgresql":

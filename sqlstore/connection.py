@@ -60,6 +60,7 @@ class PooledConnection:
     """
 
     __slots__ = (
+        "_dbapi",
         "_restore",
         "_strategy",
         "closed",
@@ -74,6 +75,7 @@ class PooledConnection:
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
+        self._dbapi: Any = raw.dbapi_connection
         self._strategy = strategy
         self.closed = False
         self.in_block = False
@@ -107,7 +109,7 @@ class PooledConnection:
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
             return
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
             if self.observer is not None:
                 observing.execute(self.observer, cursor, statement.sql, statement.args(params))
@@ -123,7 +125,7 @@ class PooledConnection:
         self.statements += 1
         if self.deferral is not None:
             self.deferral.before_read()
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
             if self.observer is not None:
                 observing.execute(self.observer, cursor, statement.sql, statement.args(params))
@@ -168,7 +170,7 @@ class PooledConnection:
         self.statements += len(rows)
         if self.deferral is not None:
             self.deferral.settle()
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
             args: list[Any] = [statement.args(row) for row in rows]
             if self.observer is not None:
@@ -210,7 +212,7 @@ class PooledConnection:
         """
         if self.deferral is not None:
             self.deferral.settle()
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
             self.run_on(cursor, sql, params)
             if cursor.description is None:

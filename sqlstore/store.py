@@ -277,7 +277,11 @@ class SQLFileStore:
             "limit": self._ahead.size,
         }
         fetched = time.monotonic()
-        rows = self._db.run(lambda conn: conn.all(query, params))
+        try:
+            rows = self._db.run(lambda conn: conn.all(query, params))
+        except BaseException:
+            self._ahead.cancel()
+            raise
         batch = [(n, bytes(content)) for n, content in rows]
         self._ahead.fill(directory, batch, name, generation, fetched)
         return next((content for n, content in batch if n == name), None)
@@ -333,13 +337,21 @@ class SQLFileStore:
         """
         ns = self._namespace
         sql = self._sql
-        low, high = paths.strict_subdir_range(path_n)
-        params: dict[str, Any] = {"ns": ns, "key": paths.dir_key(path_n), "low": low}
+        key = paths.dir_key(path_n)
+        params: dict[str, Any]
         if path_n == paths.ROOT:
+            params = {"ns": ns, "key": key, "low": paths.SEP}
             rows = conn.all(sql.list_root, params)
             probe = sql.next_subdir_root
         else:
-            params.update(high=high, fid=self._fid(path_n))
+            # strict_subdir_range, written out: [key + SEP, key + AFTER_SEP)
+            params = {
+                "ns": ns,
+                "key": key,
+                "low": key + paths.SEP,
+                "high": key + paths.AFTER_SEP,
+                "fid": self._fid(path_n),
+            }
             rows = conn.all(sql.list_dir, params)
             probe = sql.next_subdir
         files: builtins.list[str] = []
@@ -477,8 +489,7 @@ class SQLFileStore:
         when the block ends.
         """
         ahead = self._ahead
-        if not ahead.idle:
-            ahead.invalidate()
+        ahead.invalidate()
         self._db.when_block_done(ahead.invalidate)
 
 
