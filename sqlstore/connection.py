@@ -214,7 +214,12 @@ class PooledConnection:
             self.deferral.settle()
         cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
-            self.run_on(cursor, sql, params)
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, sql, params)
+            elif params is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, params)
             if cursor.description is None:
                 return None
             row = cursor.fetchone()
