@@ -8,7 +8,12 @@ and its write is refused (A owns the conversation); A is killed (SIGKILL); B tak
 conversation over and continues it. The default database is a SQLite file in the
 current directory; ``--url`` takes any sqlstore URL.
 
-    uv run python examples/agent_server_replicas.py [--url URL]
+Where the OpenTelemetry SDK is installed, each replica also records sqlstore's telemetry
+(``sqlstore.telemetry``, through ``replica_telemetry.py`` beside this file) and the demo
+ends by printing it: one SDK append as a span tree, the lock waits, the retries, timeouts
+and refusals. ``--no-telemetry`` leaves it off.
+
+    uv run python examples/agent_server_replicas.py [--url URL] [--no-telemetry]
 
 The pieces (the scripted model, the replica launcher, the HTTP client) are reused by
 the end-to-end tests.
@@ -17,6 +22,7 @@ the end-to-end tests.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import signal
@@ -35,6 +41,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "sqlite:///agent-server-demo.db"
+ROOT = Path(__file__).resolve().parent.parent
+#: The module a replica imports to record its telemetry (examples/replica_telemetry.py).
+TELEMETRY_MODULE = "examples.replica_telemetry"
 #: Every replica must decrypt what the others encrypted: one shared OH_SECRET_KEY.
 SECRET_KEY = "sqlstore-demo-secret-key"
 
@@ -124,9 +133,15 @@ def free_port() -> int:
         return port
 
 
-def replica_env(url: str, home: Path, secret_key: str = SECRET_KEY) -> dict[str, str]:
-    """The environment of one replica: the shared database and key, its own directories."""
-    return {
+def replica_env(
+    url: str, home: Path, secret_key: str = SECRET_KEY, *, telemetry: bool = False
+) -> dict[str, str]:
+    """The environment of one replica: the shared database and key, its own directories.
+
+    With ``telemetry``, the replica writes sqlstore's spans and metrics into
+    ``home/telemetry`` (see ``server_argv``).
+    """
+    env = {
         "SQLSTORE_URL": url,
         "OH_SECRET_KEY": secret_key,
         "OH_CONVERSATIONS_PATH": str(home / "conversations"),
@@ -142,21 +157,29 @@ def replica_env(url: str, home: Path, secret_key: str = SECRET_KEY) -> dict[str,
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "LOG_LEVEL": "WARNING",
     }
+    if telemetry:
+        env["SQLSTORE_DEMO_TELEMETRY"] = str(home / "telemetry")
+        # The replica imports examples.replica_telemetry from this checkout.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return env
 
 
-def server_argv(port: int) -> list[str]:
+def server_argv(port: int, *, telemetry: bool = False) -> list[str]:
     """The arguments after ``python -m openhands.agent_server``."""
-    return ["--port", str(port), "--import-modules", "sqlstore.agent_server"]
+    modules = "sqlstore.agent_server" + (f",{TELEMETRY_MODULE}" if telemetry else "")
+    return ["--port", str(port), "--import-modules", modules]
 
 
-def start_replica(url: str, home: Path, port: int) -> subprocess.Popen[bytes]:
+def start_replica(
+    url: str, home: Path, port: int, telemetry: bool = False
+) -> subprocess.Popen[bytes]:
     """Start one agent server exactly as a deployment would."""
     home.mkdir(parents=True, exist_ok=True)
     log = (home / "server.log").open("wb")
-    command = [sys.executable, "-m", "openhands.agent_server", *server_argv(port)]
-    return subprocess.Popen(
-        command, env={**os.environ, **replica_env(url, home)}, stdout=log, stderr=log, cwd=home
-    )
+    argv = server_argv(port, telemetry=telemetry)
+    env = {**os.environ, **replica_env(url, home, telemetry=telemetry)}
+    command = [sys.executable, "-m", "openhands.agent_server", *argv]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=home)
 
 
 def wait_ready(base: str, alive: Any, timeout: float = 300.0) -> None:
@@ -277,17 +300,21 @@ def message_text(event: dict[str, Any]) -> str:
 # -- the demo ------------------------------------------------------------------------------
 
 
-#: Starts one replica (database URL, home directory, port); returns a Popen-like handle.
-Launcher = Callable[[str, Path, int], Any]
+#: Starts one replica (database URL, home directory, port, whether it records telemetry);
+#: returns a Popen-like handle.
+Launcher = Callable[[str, Path, int, bool], Any]
 
 
 @contextmanager
-def _replicas(url: str, root: Path, launch: Launcher) -> Iterator[list[tuple[Any, Client]]]:
+def _replicas(
+    url: str, root: Path, launch: Launcher, telemetry: bool
+) -> Iterator[list[tuple[Any, Client]]]:
     started = []
     try:
         for name in ("a", "b"):  # both start at once: start-up is mostly imports
             port = free_port()
-            started.append((launch(url, root / name, port), Client(f"http://127.0.0.1:{port}")))
+            process = launch(url, root / name, port, telemetry)
+            started.append((process, Client(f"http://127.0.0.1:{port}")))
         for process, client in started:
             wait_ready(client.base, lambda process=process: process.poll() is None)
         yield started
@@ -315,6 +342,13 @@ def main(argv: list[str] | None = None, launch: Launcher = start_replica) -> Non
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=os.environ.get("SQLSTORE_URL", DEFAULT_URL))
+    parser.add_argument(
+        "--no-telemetry",
+        dest="telemetry",
+        action="store_false",
+        default=importlib.util.find_spec("opentelemetry.sdk") is not None,
+        help="do not record and print sqlstore's telemetry",
+    )
     args = parser.parse_args(argv)
     from sqlalchemy.engine import make_url
 
@@ -325,30 +359,48 @@ def main(argv: list[str] | None = None, launch: Launcher = start_replica) -> Non
         url = url.set(database=str(Path(url.database).resolve()))
     shared = url.render_as_string(hide_password=False)
     llm = ScriptedLLM()
-    with tempfile.TemporaryDirectory() as tmp, _replicas(shared, Path(tmp), launch) as replicas:
-        (server_a, a), (_, b) = replicas
-        print(f"replica A: {a.base}   replica B: {b.base}   (two processes, one database)\n")
-        workspace = str(Path(tmp) / "workspace")
-        conversation = a.create(llm.url, workspace, "hello from A")
-        a.wait_reply(conversation, "hello from A")
-        print(f"A created conversation {conversation} and ran it")
-        print(f"B lists it: {conversation in b.conversation_ids()}")
-        print(f"B reads its {len(b.events(conversation))} events")
-        status, answer = b.send(conversation, "hello from B")
-        print(f"B is refused a write while A owns it: {status} {answer['detail']!r}\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        with _replicas(shared, Path(tmp), launch, args.telemetry) as replicas:
+            _demo(llm, Path(tmp), replicas)
+        if args.telemetry:  # the replicas have stopped: everything is written
+            _print_telemetry(Path(tmp))
 
-        server_a.send_signal(signal.SIGKILL)
-        server_a.wait()
-        killed = time.monotonic()
-        print("A killed (SIGKILL)")
-        while (status := b.send(conversation, "are you still there?")[0]) == 409:
-            time.sleep(0.1)
-        if status != 200:
-            raise SystemExit(f"B answered {status}")
-        print(
-            f"B took the conversation over {time.monotonic() - killed:.1f}s later and continued it:"
-        )
-        _show(b.wait_reply(conversation, "are you still there?"))
+
+def _demo(llm: ScriptedLLM, tmp: Path, replicas: list[tuple[Any, Client]]) -> None:
+    """Create a conversation on A, read it from B, kill A, continue it on B."""
+    (server_a, a), (_, b) = replicas
+    print(f"replica A: {a.base}   replica B: {b.base}   (two processes, one database)\n")
+    workspace = str(tmp / "workspace")
+    conversation = a.create(llm.url, workspace, "hello from A")
+    a.wait_reply(conversation, "hello from A")
+    print(f"A created conversation {conversation} and ran it")
+    print(f"B lists it: {conversation in b.conversation_ids()}")
+    print(f"B reads its {len(b.events(conversation))} events")
+    status, answer = b.send(conversation, "hello from B")
+    print(f"B is refused a write while A owns it: {status} {answer['detail']!r}\n")
+
+    server_a.send_signal(signal.SIGKILL)
+    server_a.wait()
+    killed = time.monotonic()
+    print("A killed (SIGKILL)")
+    while (status := b.send(conversation, "are you still there?")[0]) == 409:
+        time.sleep(0.1)
+    if status != 200:
+        raise SystemExit(f"B answered {status}")
+    print(f"B took the conversation over {time.monotonic() - killed:.1f}s later and continued it:")
+    _show(b.wait_reply(conversation, "are you still there?"))
+
+
+def _print_telemetry(root: Path) -> None:
+    """What the replicas recorded with sqlstore.telemetry (examples/replica_telemetry.py)."""
+    path = Path(__file__).with_name("replica_telemetry.py")
+    spec = importlib.util.spec_from_file_location("replica_telemetry", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    print("\nsqlstore telemetry of both replicas (A's until it was killed):")
+    for line in module.summary(root):
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from .errors import (
 from .pooling import Timeouts
 from .schema import SCHEMA_REVISION, VERSION_TABLE
 from .statements import REFUSALS, Statement, Statements
+from .telemetry import hooks
 
 T = TypeVar("T")
 
@@ -223,9 +224,11 @@ class Database:
             retry = self._recover(conn, error)
             if not retry or last:
                 raise self.translate(error, acquiring=acquiring, label=label) from error
+            if hooks.recorder is not None:
+                hooks.recorder.retried(self, error)
             return
         if isinstance(exc, sqlalchemy.exc.TimeoutError):  # no pooled connection became free
-            raise self._pool_timeout(exc, acquiring) from exc
+            raise self.translate(exc, acquiring=acquiring) from exc
         if conn is not None:
             if isinstance(exc, Exception):
                 conn.close()
@@ -463,15 +466,20 @@ class Database:
         if committed:
             return
         text = f"{self.name} error on {self.safe_url}: {type(error).__name__}: {error}"
+        raised: DatabaseError
         if committed is False:
-            raise DatabaseTimeoutError(
+            raised = DatabaseTimeoutError(
                 f"the lock block did not commit: its COMMIT went unanswered within "
                 f"read_timeout and the server rolled it back ({text})"
-            ) from error
-        raise CommitUnknownError(
-            f"the lock block's COMMIT went unanswered within read_timeout; whether it "
-            f"committed cannot be told ({text})"
-        ) from error
+            )
+        else:
+            raised = CommitUnknownError(
+                f"the lock block's COMMIT went unanswered within read_timeout; whether it "
+                f"committed cannot be told ({text})"
+            )
+        if hooks.recorder is not None:
+            hooks.recorder.failed(self, error, raised)
+        raise raised from error
 
     def _roll_back(self, block: Block, cause: BaseException) -> None:
         """End the block by rolling back; the body's own exception ``cause`` is what counts."""
@@ -550,13 +558,11 @@ class Database:
         try:
             rows = conn.all(self._revision)
         except self._dbapi_error as exc:
-            # A connection failure is the caller's to handle; anything else means
-            # there is no version table.
-            if self._is_disconnect(exc, conn) or self.strategy.is_transient(exc):
-                raise
-            if self.strategy.is_timeout(exc):
-                raise
-            return None
+            # No version table: no schema. Anything else (a lost connection, a
+            # permission refused) is the caller's to handle.
+            if self.strategy.is_missing_table(exc):
+                return None
+            raise
         found = [str(version) for (version,) in rows]
         if len(found) > 1:
             raise SchemaError(f"{self.safe_url} records several sqlstore revisions: {found}")
@@ -616,6 +622,12 @@ class Database:
             acquiring: Whether a lock was being acquired (a timeout is then the lock's).
             label: The path the failed statement wrote, if it was a write.
         """
+        error = self._translate(exc, acquiring, label)
+        if hooks.recorder is not None:  # telemetry counts timeouts and refusals here
+            hooks.recorder.failed(self, exc, error)
+        return error
+
+    def _translate(self, exc: BaseException, acquiring: bool, label: str | None) -> Exception:
         if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
             exc = exc.orig
         if isinstance(exc, sqlalchemy.exc.TimeoutError):

@@ -31,13 +31,14 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.engine import URL
+    from sqlalchemy.exc import DBAPIError
 
     from .store import SQLFileStore
 
@@ -119,9 +120,10 @@ def sqlstore_url(
     By default a temporary SQLite file. With ``--sqlstore-url`` (or
     ``$SQLSTORE_TEST_URL``) naming a PostgreSQL or MySQL/MariaDB server, a database
     created for this session on that server (named ``sqlstore_test_<random>``) and
-    dropped after it; the session fails with a clear error if the user may not create
-    databases. With ``sqlite://`` (in memory) it is just ``sqlite://``: the database
-    lives in :func:`sqlstore_engine`, so take the engine, not the URL.
+    dropped after it; if the user cannot connect, or may not create databases, the
+    session stops there with one error that says which. With ``sqlite://`` (in memory)
+    it is just ``sqlite://``: the database lives in :func:`sqlstore_engine`, so take
+    the engine, not the URL.
 
     Give the URL to an application that makes its own engine
     (``sqlstore.create_engine(url)``); a password in it is hidden when printed.
@@ -192,7 +194,13 @@ def sqlstore_store(sqlstore_engine: Engine, sqlstore_namespace: str) -> SQLFileS
 
 
 class _ServerDatabase:
-    """A database created for one test session on the server a URL names."""
+    """A database created for one test session on the server a URL names.
+
+    Made by the first test that needs it. If the server refuses, the session stops
+    there with one message (``pytest.exit``), rather than every test that needs the
+    database failing with it; the message tells a connection that fails (an unknown
+    user, a wrong password, no server) from a user who may not create databases.
+    """
 
     def __init__(self, server_url: URL) -> None:
         from sqlalchemy.exc import DBAPIError
@@ -200,19 +208,27 @@ class _ServerDatabase:
         self.server_url = server_url
         self.name = f"{_DATABASE_PREFIX}{uuid.uuid4().hex[:16]}"
         self.url = server_url.set(database=self.name)
+        shown = server_url.render_as_string(hide_password=True)
+        user = server_url.username or "the user"
+        try:
+            self._admin(None)
+        except DBAPIError as exc:
+            _stop(
+                f"sqlstore: cannot connect to {shown} as {user}: {_first_line(exc)}. The "
+                f"fixtures connect with the URL of {OPTION} / ${URL_VARIABLE} (then create "
+                "a database of their own next to the one it names): check its user, "
+                "password, host, port and database, or run them on a temporary SQLite "
+                f"file (no {OPTION}, no ${URL_VARIABLE})."
+            )
         try:
             self._admin(f"CREATE DATABASE {self.name}")
         except DBAPIError as exc:
-            shown = server_url.render_as_string(hide_password=True)
-            user = server_url.username or "the user"
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            pytest.fail(
+            _stop(
                 f"sqlstore: cannot create the test database {self.name} on {shown}: "
-                f"{detail}. The fixtures need a user who may create databases "
+                f"{_first_line(exc)}. The fixtures need a user who may create databases "
                 f"(PostgreSQL: ALTER ROLE {user} CREATEDB; MySQL/MariaDB: GRANT ALL ON "
                 f"`{_DATABASE_PREFIX}%`.* TO {user}), or run them on a temporary SQLite "
-                f"file (no {OPTION}, no ${URL_VARIABLE}).",
-                pytrace=False,
+                f"file (no {OPTION}, no ${URL_VARIABLE})."
             )
 
     def drop(self) -> None:
@@ -228,7 +244,8 @@ class _ServerDatabase:
                 pass  # before PostgreSQL 13: no FORCE
         self._admin(f"DROP DATABASE IF EXISTS {self.name}")
 
-    def _admin(self, sql: str) -> None:
+    def _admin(self, sql: str | None) -> None:
+        """Run ``sql`` on the server URL's database; with None, only connect."""
         import sqlalchemy as sa
 
         from .engine import create_engine
@@ -238,6 +255,20 @@ class _ServerDatabase:
         engine = create_engine(self.server_url, poolclass=sa.pool.NullPool)
         try:
             with engine.connect() as conn:
-                conn.exec_driver_sql(sql)
+                if sql is not None:
+                    conn.exec_driver_sql(sql)
         finally:
             engine.dispose()
+
+
+def _first_line(exc: DBAPIError) -> str:
+    """The driver's own message, first line (psycopg adds hints below it)."""
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+def _stop(message: str) -> NoReturn:
+    """End the session here, saying why once (the exit code of a usage error).
+
+    A failing session fixture would be reported again by every test that needs it.
+    """
+    pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)

@@ -174,10 +174,13 @@ class ZygoteProcess:
     """A server forked by the zygote, behind the few ``subprocess.Popen`` methods the
     example uses (see ``launch`` of the example's ``main``)."""
 
-    def __init__(self, zygote: Zygote, url: str, home: Path, port: int) -> None:
+    def __init__(
+        self, zygote: Zygote, url: str, home: Path, port: int, *, telemetry: bool = False
+    ) -> None:
         home.mkdir(parents=True, exist_ok=True)
-        env = example.replica_env(url, home)
-        self.pid = zygote.spawn(env, example.server_argv(port), home, home / "server.log")
+        env = example.replica_env(url, home, telemetry=telemetry)
+        argv = example.server_argv(port, telemetry=telemetry)
+        self.pid = zygote.spawn(env, argv, home, home / "server.log")
 
     def poll(self) -> int | None:
         try:

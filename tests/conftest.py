@@ -89,6 +89,7 @@ def pytest_collection_modifyitems(
     ``SQLSTORE_TEST_DISRUPTIVE=1``.
     """
     keep, drop = [], []
+    repeats: dict[str, int] = {}
     for item in items:
         params = getattr(item, "callspec", None)
         backend = params.params.get("backend") if params else None
@@ -99,9 +100,18 @@ def pytest_collection_modifyitems(
         module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
         if backend in VARIANT_SUITES and module not in VARIANT_SUITES[backend]:
             drop.append(item)
+            repeats[backend] = repeats.get(backend, 0) + 1
         else:
             keep.append(item)
     _deselect(config, items, keep, drop)
+    # pytest counts these in its "deselected"; say why, as for the lines below.
+    not_run = config.stash.setdefault(_NOT_RUN, [])
+    for backend, count in repeats.items():
+        suites = ", ".join(sorted(VARIANT_SUITES[backend]))
+        not_run.append(
+            f"{backend}: {count} tests deselected, as it runs only {suites} (the other "
+            f"suites would repeat {dialect(backend)}'s)"
+        )
     yield
     if config.option.collectonly:
         return  # listing tests starts no container

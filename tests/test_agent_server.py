@@ -477,7 +477,12 @@ def test_the_example_shares_a_conversation_and_survives_killing_its_owner(
     """``examples/agent_server_replicas.py`` as the agent-server guide runs it (its default,
     relative SQLite URL), with the replicas forked by the zygote instead of started cold."""
     monkeypatch.chdir(tmp_path)
-    example.main([], launch=lambda url, home, port: ZygoteProcess(zygote, url, home, port))
+    example.main(
+        [],
+        launch=lambda url, home, port, telemetry: ZygoteProcess(
+            zygote, url, home, port, telemetry=telemetry
+        ),
+    )
     out = capsys.readouterr().out
     assert "database: sqlite:///agent-server-demo.db" in out
     assert "B lists it: True" in out
@@ -487,3 +492,8 @@ def test_the_example_shares_a_conversation_and_survives_killing_its_owner(
     assert float(took.group(1)) <= TAKEOVER_BOUND
     assert "MessageEvent       agent   'You said: are you still there?'" in out
     assert (tmp_path / "agent-server-demo.db").is_file()
+    # sqlstore's telemetry of the replicas: an append's span tree and the lock waits.
+    assert "the last lock block that wrote (an append), as a span tree:" in out
+    assert re.search(r"\n\s+sqlstore\.lock .* µs  \(waited [\d.]+ ms for the lock\)\n", out), out
+    assert re.search(r"\n\s+sqlstore\.write ", out), out
+    assert re.search(r"lock waits \(acquired\): \d+, mean", out), out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -24,8 +25,8 @@ def german_store(migrated_url: URL) -> Iterator[SQLFileStore]:
     engine = sqlstore.create_engine(migrated_url)
 
     @sa.event.listens_for(engine, "connect")
-    def speak_german(dbapi_connection: object, record: object) -> None:
-        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    def speak_german(dbapi_connection: Any, record: object) -> None:
+        cursor = dbapi_connection.cursor()
         try:
             cursor.execute("SET SESSION lc_messages = 'de_DE'")
         finally:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
+import re
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = [
     "sqlstore",
     "sqlstore.admin",
+    "sqlstore.agent_server",
     "sqlstore.cli",
     "sqlstore.errors",
     "sqlstore.migrations",
@@ -24,6 +28,7 @@ PUBLIC_MODULES = [
     "sqlstore.pytest_plugin",
     "sqlstore.schema",
     "sqlstore.sdk",
+    "sqlstore.telemetry",
     "sqlstore.urls",
 ]
 
@@ -55,8 +60,42 @@ def test_license_and_metadata() -> None:
 
 def test_every_public_module_has_a_reference_page() -> None:
     nav = (ROOT / "mkdocs.yml").read_text()
+    home = (ROOT / "docs" / "index.md").read_text()
     for name in PUBLIC_MODULES:
         page = "sqlstore" if name == "sqlstore" else name.removeprefix("sqlstore.")
         text = (ROOT / "docs" / "reference" / f"{page}.md").read_text()
         assert f"::: {name}\n" in text, name
         assert f"reference/{page}.md" in nav, name
+        assert f"(reference/{page}.md)" in home, f"{name} is not in docs/index.md's table"
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent is a module, not a package
+        return False
+
+
+def test_every_module_the_docs_name_is_public() -> None:
+    """A module the README or a guide tells readers to use has a reference page."""
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs" / "guides").glob("*.md"))]
+    named = {
+        name for path in texts for name in re.findall(r"\bsqlstore(?:\.[a-z_]+)+", path.read_text())
+    }
+    modules = set()
+    for name in named:
+        # The longest prefix of the dotted name that is a module (``install`` in
+        # ``sqlstore.agent_server.install`` is its function, though a module has that name).
+        parts = name.split(".")
+        found: object = sqlstore
+        module = "sqlstore"
+        for part in parts[1:]:
+            found = getattr(found, part, None)
+            if not isinstance(found, types.ModuleType):
+                if found is None and _is_module(f"{module}.{part}"):
+                    module = f"{module}.{part}"  # a module not imported yet
+                break
+            module = found.__name__
+        modules.add(module)
+    assert modules, "the docs name no module of the package"
+    assert not modules - set(PUBLIC_MODULES), sorted(modules - set(PUBLIC_MODULES))

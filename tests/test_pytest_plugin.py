@@ -120,7 +120,11 @@ def test_a_user_who_may_not_create_databases_gets_a_clear_error(
         _sample_project(pytester)
         url = server.admin_url.set(username=role).render_as_string(hide_password=False)
         result = pytester.runpytest("-p", "no:cacheprovider", "--sqlstore-url", url)
-        result.assert_outcomes(errors=5)  # every test needs the database
+        # The session stops at the first test that needs the database, saying why once.
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.assert_outcomes()
+        output = result.stdout.str() + result.stderr.str()
+        assert output.count("sqlstore: cannot create the test database") == 1, output
         result.stdout.fnmatch_lines(
             [
                 f"*sqlstore: cannot create the test database sqlstore_test_* permission denied*"
@@ -131,3 +135,22 @@ def test_a_user_who_may_not_create_databases_gets_a_clear_error(
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
         admin.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"], indirect=True)
+def test_a_user_who_cannot_connect_stops_the_session_once_naming_the_connection(
+    pytester: pytest.Pytester, backend: str, clean_env: None
+) -> None:
+    """An unknown user is a connection that fails, not a missing right to create
+    databases: the session stops once, and the hint is about the URL."""
+    server = _server(backend)
+    user = f"sqlstore_t_nobody_{uuid.uuid4().hex[:8]}"  # never created
+    _sample_project(pytester)
+    url = server.admin_url.set(username=user).render_as_string(hide_password=False)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--sqlstore-url", url)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.assert_outcomes()  # no test ran, none errored one by one
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("sqlstore: cannot connect to") == 1, output
+    result.stdout.fnmatch_lines([f"*sqlstore: cannot connect to * as {user}: *{user}*"])
+    assert "CREATEDB" not in output and "GRANT" not in output, output

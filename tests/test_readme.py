@@ -46,7 +46,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -150,10 +150,11 @@ def chains(blocks: list[Block]) -> list[list[Block]]:
 
 # -- what the directory of a chain starts with ------------------------------------------
 
-#: When the README's command-line session says the SDK wrote its two conversations.
+#: When the command-line guide's session says the SDK wrote its two conversations: to the
+#: microsecond, as a file system keeps it (``--json`` shows what the database kept).
 WRITTEN = {
-    "124a90f4132448a887530e27488d64ef": datetime(2026, 11, 30, 7, 7, 46, tzinfo=UTC),
-    "2969d8ef597848188eb53b325b7c1d46": datetime(2026, 9, 1, 10, 0, 0, tzinfo=UTC),
+    "124a90f4132448a887530e27488d64ef": datetime(2026, 11, 30, 7, 7, 46, 205183, tzinfo=UTC),
+    "2969d8ef597848188eb53b325b7c1d46": datetime(2026, 9, 1, 10, 0, 0, 412906, tzinfo=UTC),
 }
 
 
@@ -171,11 +172,12 @@ def _sdk_conversations(work: Path) -> None:
     time the session shows (``sqlstore import`` keeps it), as git keeps none.
     """
     shutil.copytree(ROOT / "tests" / "readme" / "conversations", work / "conversations")
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     for namespace, written in WRITTEN.items():
-        stamp = written.timestamp()
+        stamp = (written - epoch) // timedelta(microseconds=1) * 1000  # exact, in ns
         for path in (work / "conversations" / namespace).rglob("*"):
             if path.is_file():
-                os.utime(path, (stamp, stamp))
+                os.utime(path, ns=(stamp, stamp))
 
 
 SETUPS: dict[str, Callable[[Path], None]] = {

@@ -347,6 +347,10 @@ class DialectStrategy(ABC):
         alone (see :meth:`sqlstore.statements.Statements.write`).
         """
 
+    @abstractmethod
+    def is_missing_table(self, exc: BaseException) -> bool:
+        """Whether a driver error means the table a statement names does not exist."""
+
     def is_disconnect(self, exc: BaseException, dbapi_connection: Any) -> bool:
         """Whether ``exc`` means the connection is gone (``dbapi_connection``: ``None`` if unknown).
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # deadlock, server shutdown, connection killed, gone away, lost, cannot connect.
 _TRANSIENT = frozenset({1213, 1053, 1927, 2006, 2013, 2003, 4031})
 _LOCK_WAIT_TIMEOUT = 1205
+_NO_SUCH_TABLE = 1146
 _MULTI_STATEMENTS = 1 << 16  # CLIENT_MULTI_STATEMENTS
 #: Most bytes of SQL sent ahead in one packet (max_allowed_packet is 16 MiB by default
 #: on MariaDB, and escaped binary content can take twice its size).
@@ -373,6 +374,9 @@ class MySQLStrategy(DialectStrategy):
     def refused_rule(self, exc: BaseException) -> str | None:
         # The error number alone: the message is in the server's language (lc_messages).
         return _REFUSALS.get(_error_number(exc) or 0)
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        return _error_number(exc) == _NO_SUCH_TABLE
 
     def is_timeout(self, exc: BaseException) -> bool:
         # PyMySQL raises its socket's TimeoutError as "cannot connect" or "lost

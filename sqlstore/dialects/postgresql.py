@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
 _TRANSIENT_CODES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 _LOCK_NOT_AVAILABLE = "55P03"
+_UNDEFINED_TABLE = "42P01"
 #: The tree rules' refusals (see Statements.write): not_null_violation, numeric_value_out_of_range.
 _REFUSALS = {"23502": BELOW_A_FILE, "22003": A_DIRECTORY}
 #: The server ended the session: admin_shutdown, crash_shutdown, cannot_connect_now.
@@ -480,6 +481,9 @@ class PostgreSQLStrategy(DialectStrategy):
         # The SQLSTATE alone: Citus reports a shard's error with its SQLSTATE but
         # without the column and table fields.
         return _REFUSALS.get(getattr(exc, "sqlstate", None) or "")
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == _UNDEFINED_TABLE
 
     def is_timeout(self, exc: BaseException) -> bool:
         from psycopg.errors import ConnectionTimeout

@@ -22,6 +22,7 @@ from .base import A_DIRECTORY, BELOW_A_FILE, DialectStrategy, timeout_ms
 if TYPE_CHECKING:
     from ..connection import PooledConnection
 
+_SQLITE_ERROR = 1
 _SQLITE_BUSY = 5
 #: The tree rules' refusals (see Statements.write): SQLITE_CONSTRAINT_NOTNULL, SQLITE_TOOBIG.
 _REFUSALS = {1299: BELOW_A_FILE, 18: A_DIRECTORY}
@@ -164,6 +165,10 @@ class SQLiteStrategy(DialectStrategy):
 
     def refused_rule(self, exc: BaseException) -> str | None:
         return _REFUSALS.get(getattr(exc, "sqlite_errorcode", None) or 0)
+
+    def is_missing_table(self, exc: BaseException) -> bool:
+        # SQLite reports a missing table with its generic result code, SQLITE_ERROR.
+        return getattr(exc, "sqlite_errorcode", None) == _SQLITE_ERROR
 
     def is_busy(self, exc: BaseException) -> bool:
         code = getattr(exc, "sqlite_errorcode", None)
