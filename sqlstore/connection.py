@@ -26,6 +26,7 @@ driver's cursor.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ class PooledConnection:
 
     __slots__ = (
         "_dbapi",
+        "_kept",
         "_restore",
         "_strategy",
         "closed",
@@ -75,7 +77,12 @@ class PooledConnection:
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
-        self._dbapi: Any = raw.dbapi_connection
+        dbapi: Any = raw.dbapi_connection
+        self._dbapi = dbapi
+        # One cursor for the plain statements of this checkout and of the calls that
+        # reuse it parked, where the driver makes cursors in Python (psycopg: a cursor
+        # made and closed per statement cost more than the rest of the call).
+        self._kept: Any = dbapi.cursor() if strategy.reuses_cursors else None
         self._strategy = strategy
         self.closed = False
         self.in_block = False
@@ -108,6 +115,17 @@ class PooledConnection:
         self.statements += 1
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
+            return
+        kept = self._kept
+        if kept is not None and self.observer is None:
+            try:
+                kept.execute(statement.sql, statement.args(params))
+            except Exception as exc:
+                self._drop_kept()
+                raise StatementFailed(exc, label) from exc
+            except BaseException:
+                self._drop_kept()
+                raise
             return
         cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
@@ -182,6 +200,16 @@ class PooledConnection:
 
     def first(self, statement: Statement, params: Params = None) -> Sequence[Any] | None:
         """Run a query and return its first row, converted, or ``None``."""
+        kept = self._kept
+        if kept is not None and self.deferral is None and self.observer is None:
+            self.statements += 1
+            try:
+                kept.execute(statement.sql, statement.args(params))
+                found = kept.fetchone()
+            except BaseException:
+                self._drop_kept()
+                raise
+            return None if found is None else statement.convert(found)
         cursor = self.execute(statement, params)
         try:
             row = cursor.fetchone()
@@ -192,8 +220,24 @@ class PooledConnection:
             cursor.close()
         return None if row is None else statement.convert(row)
 
+    def _drop_kept(self) -> None:
+        """Make a new cursor for the next statement: this one's state is unknown."""
+        kept, self._kept = self._kept, None
+        with contextlib.suppress(Exception):  # the statement's own error is what counts
+            kept.close()
+
     def all(self, statement: Statement, params: Params = None) -> list[Sequence[Any]]:
         """Run a query and return all rows, converted."""
+        kept = self._kept
+        if kept is not None and self.deferral is None and self.observer is None:
+            self.statements += 1
+            try:
+                kept.execute(statement.sql, statement.args(params))
+                found: list[Sequence[Any]] = kept.fetchall()
+            except BaseException:
+                self._drop_kept()
+                raise
+            return found if statement.plain else [statement.convert(row) for row in found]
         cursor = self.execute(statement, params)
         try:
             rows: list[Sequence[Any]] = cursor.fetchall()

@@ -217,6 +217,7 @@ class PostgreSQLStrategy(DialectStrategy):
     """
 
     names = ("postgresql",)
+    reuses_cursors = True
     max_content_size = (1 << 30) - 1  # bytea's limit
     insert = staticmethod(insert)
     partitionable = True
