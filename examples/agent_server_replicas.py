@@ -4,9 +4,9 @@ Starts a scripted OpenAI-compatible model on 127.0.0.1 (no model key, no network
 then two real agent servers (``python -m openhands.agent_server --import-modules
 sqlstore.agent_server``) on one database, each with a conversations directory of its
 own. A conversation is created on replica A; replica B lists it and reads its events,
-and its write is refused (A owns the conversation); A is killed (SIGKILL); B takes the
-conversation over and continues it. The default database is a SQLite file in the
-current directory; ``--url`` takes any sqlstore URL.
+and a message sent to B is forwarded to A, which owns and runs the conversation; A is
+killed (SIGKILL); B takes the conversation over and continues it. The default database
+is a SQLite file in the current directory; ``--url`` takes any sqlstore URL.
 
 Where the OpenTelemetry SDK is installed, each replica also records sqlstore's telemetry
 (``sqlstore.telemetry``, through ``replica_telemetry.py`` beside this file) and the demo
@@ -376,8 +376,9 @@ def _demo(llm: ScriptedLLM, tmp: Path, replicas: list[tuple[Any, Client]]) -> No
     print(f"A created conversation {conversation} and ran it")
     print(f"B lists it: {conversation in b.conversation_ids()}")
     print(f"B reads its {len(b.events(conversation))} events")
-    status, answer = b.send(conversation, "hello from B")
-    print(f"B is refused a write while A owns it: {status} {answer['detail']!r}\n")
+    status, _ = b.send(conversation, "hello from B")
+    a.wait_reply(conversation, "hello from B")
+    print(f"B forwards a write to A, which owns it: {status}, and A ran it\n")
 
     server_a.send_signal(signal.SIGKILL)
     server_a.wait()

@@ -72,8 +72,16 @@ class Replica:
     """One agent server process on a database, with a home directory of its own."""
 
     def __init__(
-        self, zygote: Zygote, name: str, url: str, home: Path, secret_key: str = example.SECRET_KEY
+        self,
+        zygote: Zygote,
+        name: str,
+        url: str,
+        home: Path,
+        secret_key: str = example.SECRET_KEY,
+        stock: bool = False,
     ) -> None:
+        #: The stock server (sqlstore not imported, conversations on its disk).
+        self.stock = stock
         self.zygote = zygote
         self.name = name
         self.url = url
@@ -96,6 +104,9 @@ class Replica:
         # Shown by /server_info: proves that what answers on the port is this process.
         self.marker = env["OPENHANDS_BUILD_GIT_SHA"] = f"replica-{uuid.uuid4().hex}"
         argv = example.server_argv(self.port)
+        if self.stock:
+            del env["SQLSTORE_URL"]
+            argv = argv[: argv.index("--import-modules")]
         self.pid = self.zygote.spawn(env, argv, self.home, self.home / "server.log")
 
     def wait_ready(self, timeout: float = 300.0) -> None:

@@ -7,6 +7,7 @@ server's classes and ``uninstall()`` must put every original back.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import sys
 import uuid
@@ -103,7 +104,7 @@ def test_install_fails_listing_every_server_function_that_differs(
     with pytest.raises(RuntimeError) as failure:
         agent_server.install(sqlite_engine)
     message = str(failure.value)
-    assert "openhands-agent-server >=1.58,<1.59" in message
+    assert "openhands-agent-server >=1.56,<1.59" in message
     assert "event_service:EventService.save_meta takes ('self', 'stored', 'fsync')" in message
     assert "conversation_service:_state_signature is missing" in message
     assert _originals() == before, "a failed installation must change nothing"
@@ -188,3 +189,61 @@ def test_bound_credentials_are_scrubbed_from_the_stored_conversation(
         store.read("meta.json"), context={"cipher": cipher}
     )
     assert "GITHUB_TOKEN" not in meta.secrets and "GITHUB_TOKEN" not in service.stored.secrets
+
+
+def test_a_patched_attribute_that_is_no_longer_a_function_is_listed_not_a_crash(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(event_service.EventService, "load_meta", property(lambda self: None))
+    with pytest.raises(
+        RuntimeError, match=r"EventService\.load_meta is a property, not a function"
+    ):
+        agent_server.install(sqlite_engine)
+
+
+def test_an_untested_release_is_refused_unless_the_operator_allows_it(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    installing = importlib.import_module("sqlstore.agent_server.install")
+
+    async def save_meta(self: Any, stored: Any = None, *, fsync: bool = True) -> None: ...
+
+    monkeypatch.setattr(installing, "server_version", lambda: "1.59.0")
+    monkeypatch.delenv(installing.ALLOW_UNTESTED, raising=False)
+    with pytest.raises(RuntimeError, match="the release is untested") as refused:
+        agent_server.install(sqlite_engine)
+    assert f"{installing.ALLOW_UNTESTED}=1" in str(refused.value)
+
+    monkeypatch.setattr(event_service.EventService, "save_meta", save_meta)
+    monkeypatch.setenv(installing.ALLOW_UNTESTED, "1")
+    before = _originals()
+    with pytest.warns(RuntimeWarning, match="installing only what fits") as warned:
+        installation = agent_server.install(sqlite_engine)
+    try:
+        assert "EventService.save_meta takes" in str(warned[0].message)
+        assert event_service.EventService.save_meta is save_meta  # what differs stays stock
+        assert event_service.ConversationLease is installation.lease_class  # the rest is in
+    finally:
+        installation.uninstall()
+    assert _originals() == before
+
+
+def test_the_1_56_registry_property_is_replaced_and_put_back(
+    sqlite_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Server 1.56 asks ``serves_persisted_event_reads`` as a property (no conversation)."""
+    from openhands.agent_server.conversation_registry import ConversationRegistry
+
+    stock = property(lambda self: False)
+    monkeypatch.setattr(ConversationRegistry, "serves_persisted_event_reads", stock)
+    installation = agent_server.install(sqlite_engine)
+    try:
+        replaced = vars(ConversationRegistry)["serves_persisted_event_reads"]
+        assert isinstance(replaced, property) and replaced is not stock
+        registry = ConversationRegistry.__new__(ConversationRegistry)
+        assert registry.serves_persisted_event_reads is False  # no service configured yet
+        registry._sqlstore_conversation_service = object()  # type: ignore[attr-defined]
+        assert registry.serves_persisted_event_reads is True
+    finally:
+        installation.uninstall()
+    assert vars(ConversationRegistry)["serves_persisted_event_reads"] is stock

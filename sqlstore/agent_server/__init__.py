@@ -13,7 +13,10 @@ on local disk. Embedders call :func:`install` themselves before building the app
 
 Environment: ``SQLSTORE_URL`` (the database), ``SQLSTORE_MIGRATE`` (``0``: do not
 migrate), ``SQLSTORE_REPLICA_DEAD_AFTER`` (seconds without a heartbeat before another
-replica takes a replica's conversations over; default 3; heartbeats every third of it).
+replica takes a replica's conversations over; default 3; heartbeats every third of it),
+``SQLSTORE_REPLICA_URL`` (the URL the other replicas reach this one on, for forwarding;
+default ``http://127.0.0.1:<--port>``, which works for replicas on one host; ``off``:
+nothing is forwarded to this replica).
 """
 
 from __future__ import annotations
@@ -61,7 +64,24 @@ def install_from_environment() -> Installation | None:
     if os.environ.get("SQLSTORE_MIGRATE", "1") != "0":
         sqlstore.migrate(engine)
     dead_after = float(os.environ.get("SQLSTORE_REPLICA_DEAD_AFTER", DEAD_AFTER))
-    return install(engine, heartbeat_interval=dead_after / 3, dead_after=dead_after)
+    url = os.environ.get("SQLSTORE_REPLICA_URL") or f"http://127.0.0.1:{_server_port()}"
+    return install(
+        engine,
+        heartbeat_interval=dead_after / 3,
+        dead_after=dead_after,
+        replica_url=None if url == "off" else url,
+    )
+
+
+def _server_port() -> int:
+    """The port the server was told to listen on (``--port``; its default 8000)."""
+    argv = sys.argv[1:]
+    for index, argument in enumerate(argv):
+        if argument == "--port" and index + 1 < len(argv):
+            return int(argv[index + 1])
+        if argument.startswith("--port="):
+            return int(argument.split("=", 1)[1])
+    return 8000
 
 
 def _imported_by_server() -> bool:

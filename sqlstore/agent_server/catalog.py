@@ -10,14 +10,16 @@ The stock server scans its conversations directory once at start-up (``meta.json
 * every list and count brings the in-memory catalog up to date that way, so
   conversations created, changed or deleted by other replicas show without a restart;
 * a state's change token (the server's "signature") is its size and write time. The
-  database stores write times to the second on SQLite and MySQL/MariaDB, so a file
-  written less than :data:`FRESH` seconds ago (by the database's clock) gets a token
-  that never repeats: it is re-read until it has settled.
+  database stores write times to the second on SQLite and MySQL/MariaDB, so two writes
+  of one size within a second look alike: a file written less than :data:`FRESH`
+  seconds ago (by the database's clock) gets a token of its own ("fresh"), which
+  becomes the settled token once it is older. A list after a state write reads the
+  state once, as the stock server does, and once more when it settles; a rewrite of
+  the same size within the same second is seen at the latest then.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -41,13 +43,12 @@ FRESH = 2.0
 TOKEN_REUSE = 1.0
 
 Token = tuple[int, int]
-_unsettled = itertools.count(1)
 
 
 def token(row: _queries.RootFile) -> Token:
-    """The change token of a stored file (never equal to another if it is fresh)."""
+    """The change token of a stored file (a fresh one differs from its settled one)."""
     if row.age < FRESH:
-        return (-next(_unsettled), row.size)
+        return (-row.written, row.size)
     return (row.written, row.size)
 
 

@@ -1,18 +1,19 @@
 """What replaces the disk paths of the server's ``EventService`` (one conversation's runtime).
 
 * ``start``: the stock method decides resume-or-new by looking for ``base_state.json``
-  on disk. Here the state is read from the database first; when it exists, its agent
-  is handed to ``start`` as the conversation's agent, so the SDK resumes the stored
-  conversation (``ConversationState.create`` reads it through the routed store) with
-  that same agent. Before that, ownership is claimed (a live owner elsewhere: 409) and
-  the secrets are checked to decrypt with this server's key.
+  on disk. Here ownership is claimed first (a live owner elsewhere: refused) and the
+  stored secrets are checked to decrypt with this server's key; when a state exists,
+  its agent is read right after the stock method's credential scrub (as the stock
+  resume reads it from disk after that scrub) and handed to it as the conversation's
+  agent, so the SDK resumes the stored conversation (``ConversationState.create``
+  reads it through the routed store) with the scrubbed agent.
 * ``load_meta``/``save_meta``: ``meta.json`` in the conversation's namespace, the save
   fenced like every other write.
 * ``for_persisted_events``: the event log read from the database (the stock method
   hard-codes a ``LocalFileStore``), as a read-only view whose write calls go to this
   replica's own runtime for the conversation (claiming it, or 409).
 * ``_scrub_persisted_credentials``: the same scrub of bound credentials, on the stored
-  ``base_state.json`` and ``meta.json``.
+  ``base_state.json`` and ``meta.json`` (during ``start``, then the agent's read).
 """
 
 from __future__ import annotations
@@ -44,14 +45,20 @@ def start(installation: Installation, original: Any) -> Any:
             )
             claim = await asyncio.to_thread(lease.claim)
         try:
-            agent = await asyncio.to_thread(_stored_agent, installation, self)
-            if agent is None or self.agent is not None:
+            resuming = self.agent is None and await asyncio.to_thread(
+                _check_stored, installation, self
+            )
+            if not resuming:
                 await original(self)
                 return
-            self.agent = agent
+            # The stored agent is read by the scrub the stock start runs after its
+            # claim (see scrub_persisted_credentials), so the agent handed over is
+            # the scrubbed one, as the stock start's resume from disk reads it.
+            self._sqlstore_resuming = True
             try:
                 await original(self)
             finally:
+                self._sqlstore_resuming = False
                 self.agent = None
         except BaseException:
             if lease is not None:  # a runtime that did not start owns nothing
@@ -61,16 +68,22 @@ def start(installation: Installation, original: Any) -> Any:
     return start
 
 
-def _stored_agent(installation: Installation, service: Any) -> Any:
-    """The agent of the stored state, after checking that its secrets decrypt."""
-    from openhands.sdk.conversation.state import ConversationState
-
+def _check_stored(installation: Installation, service: Any) -> bool:
+    """Whether a stored state exists, after checking that its secrets decrypt."""
     namespace = service.stored.id.hex
     found = installation.catalog.read([(namespace, BASE_STATE), (namespace, META)])
     documents = {path: content for (_, path), content in found.items()}
     check_decryptable(service.stored.id, documents, service.cipher)
-    state = documents.get(BASE_STATE)
-    if state is None:
+    return BASE_STATE in documents
+
+
+def _stored_agent(installation: Installation, service: Any) -> Any:
+    """The agent of the stored state (``None`` when there is none)."""
+    from openhands.sdk.conversation.state import ConversationState
+
+    try:
+        state = installation.store(service.stored.id).read(BASE_STATE)
+    except FileNotFoundError:
         return None
     context = {"cipher": service.cipher} if service.cipher else None
     return ConversationState.model_validate_json(state, context=context).agent
@@ -174,6 +187,13 @@ def scrub_persisted_credentials(installation: Installation, original: Any) -> An
 
     @functools.wraps(original)
     async def scrub(self: Any, credential_bindings: Any = None) -> None:
+        await _scrub(self, credential_bindings)
+        if getattr(self, "_sqlstore_resuming", False):
+            # The stock start resumes from the scrubbed state right after this call.
+            self._sqlstore_resuming = False
+            self.agent = await asyncio.to_thread(_stored_agent, installation, self)
+
+    async def _scrub(self: Any, credential_bindings: Any) -> None:
         from openhands.agent_server import event_service as module
         from openhands.sdk.conversation.state import ConversationState
 

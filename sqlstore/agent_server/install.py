@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import os
 import sys
 import threading
 import warnings
@@ -17,13 +18,24 @@ from sqlalchemy import Engine
 from ..admin import require_schema
 from ..sdk import ConversationRouting, route_conversations
 from ..store import SQLFileStore
-from . import events, service, trajectory
+from . import events, forwarding, service, trajectory
 from .catalog import Catalog
 from .ownership import DEAD_AFTER, HEARTBEAT_INTERVAL, Replicas, SQLConversationLease, lease_class
-from .patching import ClassPatch, Patch, RoutePatch, missing_attributes, missing_fields
+from .patching import (
+    ClassPatch,
+    Patch,
+    PropertyPatch,
+    RoutePatch,
+    missing_attributes,
+    missing_fields,
+)
 
 #: The openhands-agent-server versions this is written and tested against.
-TESTED_SERVER_VERSIONS = ">=1.58,<1.59"
+TESTED_SERVER_VERSIONS = ">=1.56,<1.59"
+#: Their release series (``major.minor``).
+TESTED_SERIES = ("1.56", "1.57", "1.58")
+#: Set to ``1`` to install on another release anyway, skipping what differs.
+ALLOW_UNTESTED = "SQLSTORE_AGENT_SERVER_ALLOW_UNTESTED"
 
 
 class Installation:
@@ -44,6 +56,8 @@ class Installation:
         self.lease_class: type[SQLConversationLease] = lease_class(replicas)
         self.event_service_class: Any = modules["event_service"].EventService
         self.read_view_class: Any = events.read_view_class(self.event_service_class)
+        #: The server's ``ConversationService``, once the app has configured it.
+        self.conversation_service: Any = None
         self._patches: list[Patch] = []
         self._routing: ConversationRouting | None = None
 
@@ -110,6 +124,7 @@ def install(
     *,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
     dead_after: float = DEAD_AFTER,
+    replica_url: str | None = None,
 ) -> Installation:
     """Keep the agent server's conversations in sqlstore, in this process.
 
@@ -124,13 +139,20 @@ def install(
         heartbeat_interval: Seconds between this replica's heartbeats.
         dead_after: Seconds without a heartbeat, as this replica counts them, after
             which it may take over another replica's conversations.
+        replica_url: The URL the other replicas reach this server on; requests for
+            conversations it owns are forwarded there (see :mod:`.forwarding`).
+            ``None``: nothing is forwarded to it.
 
     Returns:
         A handle whose ``uninstall()`` (or ``with`` block exit) restores the server.
 
     Raises:
-        RuntimeError: the installed server differs from the one this was written for
-            (the message lists every difference), or its app is already built.
+        RuntimeError: the installed server is not a tested release
+            (:data:`TESTED_SERVER_VERSIONS`) or differs from the one this was written
+            for (the message lists every difference), or its app is already built.
+            With ``SQLSTORE_AGENT_SERVER_ALLOW_UNTESTED=1`` an untested release is
+            installed anyway, with a warning, skipping each replacement that does not
+            fit (that part of the server stays stock: at the operator's own risk).
         ImportError: the server is not installed (``pip install sqlstore[agent-server]``).
         SchemaError: the database is not migrated.
     """
@@ -148,22 +170,25 @@ def install(
     patches = _patches(modules)
     problems = [problem for patch in patches if (problem := patch.problem())]
     problems += [problem for problem in _needs(modules) if problem]
-    version = metadata.version("openhands-agent-server")
-    if problems:
-        listing = "\n  ".join(problems)
-        raise RuntimeError(
+    version = server_version()
+    tested = ".".join(version.split(".")[:2]) in TESTED_SERIES
+    if problems or not tested:
+        listing = "\n  ".join(problems or ["(no signature differs; the release is untested)"])
+        message = (
             f"sqlstore.agent_server supports openhands-agent-server {TESTED_SERVER_VERSIONS}; "
             f"the installed {version} differs:\n  {listing}"
         )
-    if not version.startswith("1.58."):
+        if os.environ.get(ALLOW_UNTESTED) != "1":
+            raise RuntimeError(f"{message}\n(set {ALLOW_UNTESTED}=1 to run it anyway)")
+        # The operator's choice: what still fits is installed, the rest stays stock.
+        patches = [patch for patch in patches if patch.problem() is None]
         warnings.warn(
-            f"sqlstore.agent_server is tested with openhands-agent-server "
-            f"{TESTED_SERVER_VERSIONS}, not {version}",
+            f"{message}\n{ALLOW_UNTESTED}=1: installing only what fits, at your own risk",
             RuntimeWarning,
             stacklevel=2,
         )
     require_schema(engine)
-    replicas = Replicas(engine, heartbeat_interval, dead_after)
+    replicas = Replicas(engine, heartbeat_interval, dead_after, replica_url)
     with _lock:
         installation = Installation(engine, replicas, modules)
         installation._routing = route_conversations(engine)
@@ -176,6 +201,11 @@ def install(
     return installation
 
 
+def server_version() -> str:
+    """The installed openhands-agent-server's version."""
+    return metadata.version("openhands-agent-server")
+
+
 def _server_modules() -> dict[str, ModuleType]:
     try:
         from openhands.agent_server import (
@@ -184,6 +214,8 @@ def _server_modules() -> dict[str, ModuleType]:
             conversation_service,
             event_service,
             file_router,
+            middleware,
+            runtime_router,
         )
         from openhands.sdk.utils import cipher
     except ImportError as exc:
@@ -197,6 +229,8 @@ def _server_modules() -> dict[str, ModuleType]:
         "conversation_service": conversation_service,
         "event_service": event_service,
         "file_router": file_router,
+        "runtime_router": runtime_router,
+        "middleware": middleware,
         "cipher": cipher,
     }
 
@@ -252,11 +286,12 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
             service.leave,
         ),
         Patch(registry, "configure_service", ("self", "service"), service.configure_service),
+        _serves_persisted_event_reads(registry),
         Patch(
-            registry,
-            "serves_persisted_event_reads",
-            ("self", "_conversation_id"),
-            service.serves_persisted_event_reads,
+            modules["runtime_router"],
+            "bind_local_conversation_runtime",
+            ("runtime_conversation_id", "request"),
+            service.bind_runtime,
         ),
         Patch(event_class, "start", ("self",), events.start),
         Patch(event_class, "load_meta", ("self",), events.load_meta),
@@ -286,6 +321,13 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
                 "release": ("self", "generation"),
             },
         ),
+        ClassPatch(
+            modules["middleware"],
+            "CORSDispatcher",
+            (),
+            forwarding.cors_dispatcher,
+            methods={"__init__": ("self", "app", "allow_origins", "allow_origin_regex")},
+        ),
         RoutePatch(
             modules["file_router"],
             "download_trajectory",
@@ -294,6 +336,23 @@ def _patches(modules: dict[str, ModuleType]) -> list[Patch]:
             router="file_router",
         ),
     ]
+
+
+def _serves_persisted_event_reads(registry: Any) -> Patch:
+    """A method taking the conversation since server 1.57; a property in 1.56."""
+    if isinstance(vars(registry).get("serves_persisted_event_reads"), property):
+        return PropertyPatch(
+            registry,
+            "serves_persisted_event_reads",
+            ("self",),
+            service.serves_persisted_event_reads_property,
+        )
+    return Patch(
+        registry,
+        "serves_persisted_event_reads",
+        ("self", "_conversation_id"),
+        service.serves_persisted_event_reads,
+    )
 
 
 def _needs(modules: dict[str, ModuleType]) -> list[str | None]:

@@ -53,10 +53,12 @@ CLAIM_TIMEOUT = 5.0
 #: Seconds a fenced write waits for the owner lock.
 GUARD_TIMEOUT = 30.0
 
-#: Set while the server recovers conversations at start-up: a conversation owned by a
-#: live replica is then skipped quietly, as the stock server does, instead of refused.
-recovering: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "sqlstore_agent_server_recovering", default=False
+#: Set where the stock server treats a conversation another live server holds as "not
+#: loaded here" (recovery at start-up, a create naming an existing conversation): the
+#: claim then raises the stock ``ConversationLeaseHeldError``, which the server skips
+#: quietly, instead of the 409 a write gets.
+not_loaded_when_owned: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sqlstore_agent_server_not_loaded_when_owned", default=False
 )
 
 
@@ -96,14 +98,21 @@ class Replicas:
         interval: Seconds between heartbeats (and between observations).
         dead_after: Seconds without a change of heartbeat, on this process's monotonic
             clock, after which a replica is taken for dead. At least twice ``interval``.
+        url: The URL other replicas reach this one on (written into its heartbeats),
+            or ``None`` when it is not reachable (nothing is forwarded to it).
     """
 
     def __init__(
-        self, engine: Engine, interval: float = HEARTBEAT_INTERVAL, dead_after: float = DEAD_AFTER
+        self,
+        engine: Engine,
+        interval: float = HEARTBEAT_INTERVAL,
+        dead_after: float = DEAD_AFTER,
+        url: str | None = None,
     ) -> None:
         if interval <= 0 or dead_after < 2 * interval:
             raise ValueError("dead_after must be at least twice the heartbeat interval")
         self.engine = engine
+        self.url = url.rstrip("/") if url else None
         self.interval = interval
         self.dead_after = dead_after
         self._store = SQLFileStore(engine, REPLICAS_NAMESPACE, read_ahead=0)
@@ -157,6 +166,15 @@ class Replicas:
             return False
         return self._note(owner, current)
 
+    def url_of(self, owner: str) -> str | None:
+        """The URL ``owner`` is reached on, from its heartbeat (``None``: unknown)."""
+        try:
+            record = json.loads(self._store.read_bytes(_heartbeat_path(owner)))
+        except (FileNotFoundError, ValueError):
+            return None
+        url = record.get("url") if isinstance(record, dict) else None
+        return str(url) if url else None
+
     def _note(self, owner: str, content: bytes) -> bool:
         now = time.monotonic()
         with self._lock:
@@ -172,7 +190,12 @@ class Replicas:
                 return
             self._beats[owner] += 1
             count = self._beats[owner]
-        record = {"beat": count, "host": socket.gethostname(), "pid": os.getpid()}
+        record = {
+            "beat": count,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "url": self.url,
+        }
         self._store.write(_heartbeat_path(owner), json.dumps(record))
 
     def _observe(self) -> None:
@@ -260,9 +283,9 @@ class SQLConversationLease:
 
         Raises:
             ConversationOwnershipLostError: (a subclass) a live replica owns it, or the
-                owner lock stayed busy; the server answers 409. While the server
-                recovers conversations at start-up, ``ConversationLeaseHeldError``
-                instead, which it skips quietly.
+                owner lock stayed busy; the server answers 409. Where the stock
+                server would skip it as not loaded here (:data:`not_loaded_when_owned`),
+                ``ConversationLeaseHeldError`` instead.
         """
         from openhands.agent_server.conversation_lease import LeaseClaim
 
@@ -327,7 +350,7 @@ class SQLConversationLease:
 
     def _held(self, owner: str) -> Exception:
         error: Exception
-        if recovering.get():
+        if not_loaded_when_owned.get():
             from openhands.agent_server.conversation_lease import ConversationLeaseHeldError
 
             error = ConversationLeaseHeldError(

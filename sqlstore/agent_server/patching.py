@@ -23,11 +23,19 @@ def _where(owner: Any, name: str) -> str:
     return f"{module}:{owner.__qualname__}.{name}"
 
 
-def parameters(function: Any) -> tuple[str, ...]:
-    """The parameter names of a function, method, class- or static method."""
+def parameters(function: Any) -> tuple[str, ...] | None:
+    """The parameter names of a function, method, class- or static method.
+
+    ``None`` for anything else (a property, a value): not what a patch replaces.
+    """
     if isinstance(function, classmethod | staticmethod):
         function = function.__func__
-    return tuple(inspect.signature(function).parameters)
+    if not callable(function):
+        return None
+    try:
+        return tuple(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass
@@ -59,6 +67,8 @@ class Patch:
         if raw is None:
             return f"{self.where} is missing"
         found = parameters(raw)
+        if found is None:
+            return f"{self.where} is a {type(raw).__name__}, not a function"
         if found != self.expected:
             return f"{self.where} takes {found}, not {self.expected}"
         return None
@@ -71,6 +81,29 @@ class Patch:
     def undo(self) -> None:
         """Put the original back."""
         setattr(self.owner, self.name, self.original)
+
+
+@dataclass
+class PropertyPatch(Patch):
+    """A read-only property replaced by another; ``expected`` names its getter's parameters.
+
+    ``make`` returns the new getter; the property is rebuilt around it.
+    """
+
+    def problem(self) -> str | None:
+        """Why the attribute is not the property this code replaces."""
+        raw = vars(self.owner).get(self.name)
+        if not isinstance(raw, property) or raw.fget is None:
+            return f"{self.where} is not a property"
+        found = parameters(raw.fget)
+        if found != self.expected:
+            return f"{self.where} takes {found}, not {self.expected}"
+        return None
+
+    def apply(self, installation: Any) -> None:
+        """Replace the property."""
+        self.original = vars(self.owner)[self.name]
+        setattr(self.owner, self.name, property(self.make(installation, self.original.fget)))
 
 
 @dataclass

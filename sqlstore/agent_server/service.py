@@ -8,7 +8,8 @@
   database (``_reconcile_active_records`` runs first in both), and every call naming
   one conversation first refreshes that one: other replicas' conversations appear,
   change and disappear without a restart.
-* ``get_persisted_event_service`` serves event reads from the database.
+* ``get_persisted_event_service`` serves event reads from the database; the routes
+  bound to a conversation's runtime load the runtime, as the stock server does.
 * ``delete_conversation`` also deletes the namespace, unless another replica took
   the conversation over in between.
 * A runtime whose fenced write was refused (another replica took the conversation
@@ -18,13 +19,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from .layout import BASE_STATE, OWNER_LOCK, conversation_of
-from .ownership import free_to_delete, recovering
+from .ownership import free_to_delete, not_loaded_when_owned
 
 if TYPE_CHECKING:
     from .install import Installation
@@ -112,13 +114,22 @@ def refreshing(installation: Installation, original: Any) -> Any:
 
 
 def start_conversation(installation: Installation, original: Any) -> Any:
-    """``ConversationService._start_conversation``: a client-chosen id is refreshed first."""
+    """``ConversationService._start_conversation``: a client-chosen id is refreshed first.
+
+    A create naming a conversation another live replica runs answers as the stock
+    server does when another server holds the lease: the existing conversation, not
+    started here (``started=false``), nothing of it changed.
+    """
 
     @functools.wraps(original)
     async def _start_conversation(self: Any, request: Any) -> Any:
         if request.conversation_id is not None:
             await installation.refresh(self, request.conversation_id)
-        return await original(self, request)
+        token = not_loaded_when_owned.set(True)
+        try:
+            return await original(self, request)
+        finally:
+            not_loaded_when_owned.reset(token)
 
     return _start_conversation
 
@@ -161,6 +172,9 @@ def get_persisted_event_service(installation: Installation, original: Any) -> An
     async def get_persisted_event_service(self: Any, conversation_id: UUID) -> Any:
         if self._event_services is None:
             raise ValueError("inactive_service")
+        runtime = self._event_services.get(conversation_id)
+        if runtime is not None and runtime.is_open() and not getattr(runtime._lease, "lost", False):
+            return runtime  # it runs here: its memory is authoritative
         await installation.refresh(self, conversation_id)
         record = self._conversation_records.get(conversation_id)
         if record is None:
@@ -207,11 +221,11 @@ def enter(installation: Installation, original: Any) -> Any:
 
     @functools.wraps(original)
     async def __aenter__(self: Any) -> Any:
-        token = recovering.set(True)
+        token = not_loaded_when_owned.set(True)
         try:
             return await original(self)
         finally:
-            recovering.reset(token)
+            not_loaded_when_owned.reset(token)
 
     return __aenter__
 
@@ -229,15 +243,81 @@ def leave(installation: Installation, original: Any) -> Any:
     return __aexit__
 
 
+#: Set while a route bound to a conversation's runtime resolves it.
+runtime_required: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "sqlstore_agent_server_runtime_required", default=False
+)
+
+
+def bind_runtime(installation: Installation, original: Any) -> Any:
+    """``runtime_router.bind_local_conversation_runtime``: the runtime, never a view.
+
+    The routes under ``/api/conversations/{id}/`` that use the conversation's runtime
+    (its workspace, terminal, VS Code, git) get the runtime, loaded (and claimed) as
+    the stock server loads it, never the database read view, which has none.
+    """
+
+    @functools.wraps(original)
+    async def bind_local_conversation_runtime(runtime_conversation_id: UUID, request: Any) -> None:
+        if _TRAJECTORY in request.url.path:
+            # Served from the database (see .trajectory): no runtime to bind, so any
+            # replica answers it, the owner running elsewhere or not.
+            _check_trajectory_id(
+                request.path_params.get("conversation_id"), runtime_conversation_id
+            )
+            return
+        token = runtime_required.set(True)
+        try:
+            await original(runtime_conversation_id, request)
+        finally:
+            runtime_required.reset(token)
+
+    return bind_local_conversation_runtime
+
+
+_TRAJECTORY = "/file/download-trajectory/"
+
+
+def _check_trajectory_id(trajectory_id: str | None, runtime_conversation_id: UUID) -> None:
+    """The stock route's check: the trajectory must be the selected conversation's."""
+    from fastapi import HTTPException
+
+    try:
+        matches = UUID(str(trajectory_id)) == runtime_conversation_id
+    except ValueError as exc:
+        raise HTTPException(422, "Invalid trajectory conversation id") from exc
+    if not matches:
+        raise HTTPException(422, "Trajectory must belong to the selected conversation")
+
+
 def configure_service(installation: Installation, original: Any) -> Any:
     """``ConversationRegistry.configure_service``: remember the service for event reads."""
 
     @functools.wraps(original)
     def configure(self: Any, service: Any) -> None:
         self._sqlstore_conversation_service = service
+        installation.conversation_service = service
         original(self, service)
 
     return configure
+
+
+def serves_persisted_event_reads_property(installation: Installation, original: Any) -> Any:
+    """The getter of ``ConversationRegistry.serves_persisted_event_reads`` (server 1.56).
+
+    Before 1.57 the question names no conversation: the answer is yes, except for the
+    routes bound to a runtime, and :func:`get_persisted_event_service` hands out the
+    runtime itself when the conversation runs here.
+    """
+
+    @functools.wraps(original)
+    def serves(self: Any) -> bool:
+        service = getattr(self, "_sqlstore_conversation_service", None)
+        if service is None or runtime_required.get():
+            return bool(original(self))
+        return True
+
+    return serves
 
 
 def serves_persisted_event_reads(installation: Installation, original: Any) -> Any:
@@ -245,12 +325,13 @@ def serves_persisted_event_reads(installation: Installation, original: Any) -> A
 
     Event reads of a conversation this replica does not run (or no longer owns) come
     from the database and claim nothing, so any replica can read any conversation.
+    Not for the runtime-bound routes (:func:`bind_runtime`): they need the runtime.
     """
 
     @functools.wraps(original)
     def serves(self: Any, conversation_id: UUID) -> bool:
         service = getattr(self, "_sqlstore_conversation_service", None)
-        if service is None:
+        if service is None or runtime_required.get():
             return bool(original(self, conversation_id))
         runtime = (service._event_services or {}).get(conversation_id)
         if runtime is None or not runtime.is_open():
