@@ -37,6 +37,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mysql-url", default=MYSQL_URL)
     p.add_argument("--only", type=lambda s: re.compile(s, re.I), metavar="REGEX",
                    help="run only the rows whose name matches (case-insensitive)")  # fmt: skip
+    p.add_argument("--instructions", action="store_true",
+                   help="count client instructions per call with callgrind (sqlstore against the "
+                   "raw drivers) instead of timing; writes instructions.json/.md")  # fmt: skip
     p.add_argument("--label", default="", help="a name for this run, kept in the results")
     p.add_argument("--out", type=Path, default=RESULTS, help="default: bench/results")
     args = p.parse_args(argv)
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["compare"]:
         return compare(argv[1:])
     args = parse(argv)
+    if args.instructions:
+        from bench import instructions
+
+        return instructions.main(args)
     started, load_start = time.perf_counter(), load_average()
     date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     from bench.harness import start_children_server

@@ -33,7 +33,6 @@ from typing import Any
 
 import psycopg
 import pymysql
-from openhands.sdk.io import InMemoryFileStore, LocalFileStore
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 
@@ -343,6 +342,8 @@ class Files:
                     for path, contents in items[start : start + 1000]:
                         self.store.write(path, contents)
             return
+        from openhands.sdk.io import LocalFileStore
+
         for path, contents in items:
             if isinstance(self.store, LocalFileStore):
                 (Path(self.store.root) / path).parent.mkdir(parents=True, exist_ok=True)
@@ -360,6 +361,8 @@ def open_store(subject: Subject, where: str) -> Any:
     ``where`` is its namespace, or the directory of a ``LocalFileStore``.
     """
     if subject.kind in ("local", "local-cold"):
+        from openhands.sdk.io import LocalFileStore
+
         return LocalFileStore(where)
     return sqlstore.SQLFileStore.from_url(subject.url, where, **subject.options)
 
@@ -403,6 +406,8 @@ class Run:
         """A store of ``key`` in namespace (directory) ``name``, on the run's engine."""
         subject = self.subjects[key]
         if subject.kind == "memory":  # with room for everything: its default LRU evicts
+            from openhands.sdk.io import InMemoryFileStore
+
             return InMemoryFileStore(max_size=1_000_000, max_memory=1 << 30)
         if subject.kind != "sqlstore":
             return open_store(subject, self.where(key, name))

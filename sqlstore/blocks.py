@@ -81,6 +81,11 @@ class Block:
         return self.pid != os.getpid()
 
 
+def anywhere() -> bool:
+    """Whether any block is open in the caller's context (cheap: most calls have none)."""
+    return bool(_open.get())
+
+
 def current(database: object) -> Block | None:
     """The caller's own open block on ``database``, if any."""
     blocks = _open.get()

@@ -12,17 +12,29 @@ MySQL's multi-statement packets), they travel together with the next statement t
 needs an answer, at the latest with the ``COMMIT``: one round trip for all of them. A
 deferred statement that fails is reported then, as
 :class:`~sqlstore.deferral.StatementFailed`.
+
+Observed connections: where the engine has connection event listeners
+(``before_cursor_execute``, ``after_cursor_execute``, ``handle_error``... as
+OpenTelemetry's, Sentry's and Datadog's SQLAlchemy integrations add) or logs its
+statements (``echo=True``, or the ``sqlalchemy.engine`` logger at INFO), every
+statement fires them (:mod:`sqlstore.observing`), with a SQLAlchemy ``Connection``
+wrapped around the same pooled connection (:attr:`PooledConnection.observer`), its SQL
+and its parameters, in order. Nothing is then sent ahead: a deferred statement runs
+when it is deferred. Without listeners or logging, statements go straight to the
+driver's cursor.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Connection
 from sqlalchemy.pool import PoolProxiedConnection
 
-from . import forking, pooling
+from . import forking, observing, pooling
 from .deferral import Deferral, Params, StatementFailed
 from .statements import Statement
 
@@ -40,21 +52,54 @@ class PooledConnection:
         in_block: Whether it carries a lock block's transaction (then
             :meth:`transaction` adds nothing: the block commits or rolls back whole).
         deferral: How deferred statements travel now; ``None``: one at a time.
+        observer: The SQLAlchemy ``Connection`` statements run through while the
+            engine has event listeners or logs statements; ``None``: straight to the
+            driver.
+        pool: The pool to park this connection on when a call ends (see
+            :mod:`sqlstore.pooling`); ``None``: it is checked in.
+        statements_left: Statements it may run before it is checked in rather than parked.
     """
 
-    __slots__ = ("_restore", "_strategy", "closed", "deferral", "in_block", "raw", "statements")
+    __slots__ = (
+        "_dbapi",
+        "_kept",
+        "_restore",
+        "_strategy",
+        "closed",
+        "deferral",
+        "in_block",
+        "observer",
+        "pool",
+        "raw",
+        "statements",
+        "statements_left",
+    )
 
     def __init__(self, raw: PoolProxiedConnection, strategy: DialectStrategy) -> None:
         self.raw = raw
+        dbapi: Any = raw.dbapi_connection
+        self._dbapi = dbapi
+        # One cursor for the plain statements of this checkout and of the calls that
+        # reuse it parked, where the driver makes cursors in Python (psycopg: a cursor
+        # made and closed per statement cost more than the rest of the call).
+        self._kept: Any = dbapi.cursor() if strategy.reuses_cursors else None
         self._strategy = strategy
         self.closed = False
         self.in_block = False
         self.deferral: Deferral | None = None
+        self.observer: Connection | None = None
+        self.pool: pooling.BoundedQueuePool | None = None
+        self.statements_left = 0
         #: Statements run so far (see :func:`sqlstore.pooling.count_statements`).
         self.statements = 0
         # Engines not created in autocommit mode get it for the duration of the
         # checkout, and their original mode back on return.
         self._restore = strategy.enter_autocommit(raw.dbapi_connection)
+
+    @property
+    def autocommit_native(self) -> bool:
+        """Whether the connection was in autocommit mode already (nothing to restore)."""
+        return self._restore is None
 
     @property
     def dbapi(self) -> Any:
@@ -71,9 +116,23 @@ class PooledConnection:
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
             return
-        cursor = self.raw.cursor()
+        kept = self._kept
+        if kept is not None and self.observer is None:
+            try:
+                kept.execute(statement.sql, statement.args(params))
+            except Exception as exc:
+                self._drop_kept()
+                raise StatementFailed(exc, label) from exc
+            except BaseException:
+                self._drop_kept()
+                raise
+            return
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
-            cursor.execute(statement.sql, statement.args(params))
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, statement.args(params))
+            else:
+                cursor.execute(statement.sql, statement.args(params))
         except Exception as exc:
             raise StatementFailed(exc, label) from exc
         finally:
@@ -84,9 +143,12 @@ class PooledConnection:
         self.statements += 1
         if self.deferral is not None:
             self.deferral.before_read()
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
-            cursor.execute(statement.sql, statement.args(params))
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, statement.args(params))
+            else:
+                cursor.execute(statement.sql, statement.args(params))
         except Exception as exc:
             cursor.close()
             self._read_failed(exc)
@@ -95,6 +157,18 @@ class PooledConnection:
             cursor.close()
             raise
         return cursor
+
+    def run_on(self, cursor: Any, sql: str, params: Any = None) -> None:
+        """``cursor.execute(sql, params)`` on this connection's cursor, observed if need be.
+
+        For statements a dialect runs on a cursor of its own (several results).
+        """
+        if self.observer is not None:
+            observing.execute(self.observer, cursor, sql, params)
+        elif params is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, params)
 
     def _read_failed(self, exc: Exception) -> None:
         if self.deferral is not None:
@@ -114,15 +188,28 @@ class PooledConnection:
         self.statements += len(rows)
         if self.deferral is not None:
             self.deferral.settle()
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
             args: list[Any] = [statement.args(row) for row in rows]
-            cursor.executemany(statement.sql, args)
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, args, many=True)
+            else:
+                cursor.executemany(statement.sql, args)
         finally:
             cursor.close()
 
     def first(self, statement: Statement, params: Params = None) -> Sequence[Any] | None:
         """Run a query and return its first row, converted, or ``None``."""
+        kept = self._kept
+        if kept is not None and self.deferral is None and self.observer is None:
+            self.statements += 1
+            try:
+                kept.execute(statement.sql, statement.args(params))
+                found = kept.fetchone()
+            except BaseException:
+                self._drop_kept()
+                raise
+            return None if found is None else statement.convert(found)
         cursor = self.execute(statement, params)
         try:
             row = cursor.fetchone()
@@ -133,8 +220,24 @@ class PooledConnection:
             cursor.close()
         return None if row is None else statement.convert(row)
 
+    def _drop_kept(self) -> None:
+        """Make a new cursor for the next statement: this one's state is unknown."""
+        kept, self._kept = self._kept, None
+        with contextlib.suppress(Exception):  # the statement's own error is what counts
+            kept.close()
+
     def all(self, statement: Statement, params: Params = None) -> list[Sequence[Any]]:
         """Run a query and return all rows, converted."""
+        kept = self._kept
+        if kept is not None and self.deferral is None and self.observer is None:
+            self.statements += 1
+            try:
+                kept.execute(statement.sql, statement.args(params))
+                found: list[Sequence[Any]] = kept.fetchall()
+            except BaseException:
+                self._drop_kept()
+                raise
+            return found if statement.plain else [statement.convert(row) for row in found]
         cursor = self.execute(statement, params)
         try:
             rows: list[Sequence[Any]] = cursor.fetchall()
@@ -153,9 +256,11 @@ class PooledConnection:
         """
         if self.deferral is not None:
             self.deferral.settle()
-        cursor = self.raw.cursor()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
-            if params is None:
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, sql, params)
+            elif params is None:
                 cursor.execute(sql)
             else:
                 cursor.execute(sql, params)
@@ -178,7 +283,7 @@ class PooledConnection:
         if self.in_block:
             yield
             return
-        self.deferral = self._strategy.deferral(self, begin=True)
+        self.deferral = self.new_deferral(begin=True)
         if self.deferral is None:
             self._strategy.begin(self)
         try:
@@ -192,6 +297,12 @@ class PooledConnection:
             raise
         finally:
             self.deferral = None
+
+    def new_deferral(self, *, begin: bool) -> Deferral | None:
+        """The dialect's way of sending statements ahead, unless statements are observed."""
+        if self.observer is not None:
+            return None  # listeners see each statement as it runs
+        return self._strategy.deferral(self, begin=begin)
 
     def rollback_quietly(self) -> None:
         """Roll back the open transaction; if even that fails, discard the connection."""

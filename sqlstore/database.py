@@ -31,7 +31,7 @@ import sqlalchemy
 from sqlalchemy import Engine, column, select, table
 from sqlalchemy.engine import URL
 
-from . import blocks, forking, pooling
+from . import blocks, forking, observing, pooling
 from .blocks import Block
 from .connection import PooledConnection, StatementFailed
 from .dialects import DialectStrategy, strategy_for
@@ -107,17 +107,53 @@ class Database:
             LockTimeoutError: a lock wait inside ``work`` ran out.
             SchemaError: the schema is missing or at another revision.
         """
-        block = blocks.current(self)
-        if block is not None:
-            return self._in_block(block, work)
-        return self._attempts(work, check_schema=check_schema)
+        if blocks.anywhere():
+            block = blocks.current(self)
+            if block is not None:
+                return self._in_block(block, work)
+        # The plain call, written out for speed (it is most calls): a connection an
+        # earlier call parked, the work, the connection parked again. Anything else
+        # (none parked, the schema unchecked, a failure) goes the general way.
+        engine = self.engine
+        parked = getattr(engine.pool, "parked", None)
+        if not parked or not (self._schema_ok or not check_schema):
+            return self._attempts(work, check_schema=check_schema)
+        try:
+            conn = parked.pop()
+        except IndexError:
+            return self._attempts(work, check_schema=check_schema)
+        if engine._has_events or observing.wanted(engine):
+            conn.observer = self._observer(conn)
+        elif conn.observer is not None:
+            conn.observer = None
+        try:
+            result = work(conn)
+        except BaseException as exc:
+            return self._attempts(work, check_schema=check_schema, failed=(conn, exc))
+        pool = conn.pool
+        current: Any = engine.pool  # a pool of its own after dispose() or a fork
+        if (
+            pool is not None
+            and conn.statements < conn.statements_left
+            and not conn.closed
+            and conn.deferral is None
+            and pool is current
+        ):
+            parked.append(conn)
+            if pool._wanting or len(parked) > pool.park_max:
+                pool.unpark()  # see BoundedQueuePool.park
+        else:
+            conn.close()
+        return result
 
     def block(self) -> Block | None:
         """The caller's open lock block on this engine, if any."""
-        return blocks.current(self)
+        return blocks.current(self) if blocks.anywhere() else None
 
     def when_block_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the caller's lock block commits or rolls back (if in one)."""
+        if not blocks.anywhere():
+            return
         block = blocks.current(self)
         if block is not None and callback not in block.when_done:
             block.when_done.append(callback)
@@ -149,42 +185,116 @@ class Database:
         check_schema: bool = True,
         keep_open: bool = False,
         acquiring: bool = False,
+        failed: tuple[PooledConnection, BaseException] | None = None,
     ) -> T:
-        """Run ``work`` on a fresh pooled connection, retrying transient failures."""
+        """Run ``work`` on a pooled connection, retrying transient failures.
+
+        ``failed``: the first attempt was made (on a parked connection) and raised this.
+        """
         delay = RETRY_BACKOFF
-        for attempt in range(RETRY_ATTEMPTS):
+        first = 0
+        if failed is not None:
+            self._failed(*failed, last=False, acquiring=acquiring)
+            time.sleep(delay)
+            delay *= 2
+            first = 1
+        for attempt in range(first, RETRY_ATTEMPTS):
             conn: PooledConnection | None = None
             try:
-                conn = self._checkout()
-                if check_schema:
+                conn = self._acquire()
+                if check_schema and not self._schema_ok:
                     self.check_schema(conn)
                 result = work(conn)
-            except (self._dbapi_error, StatementFailed) as exc:
-                error, label = _unwrap(exc)
-                retry = self._recover(conn, error)
-                if not retry or attempt + 1 == RETRY_ATTEMPTS:
-                    raise self.translate(error, acquiring=acquiring, label=label) from error
-            except sqlalchemy.exc.TimeoutError as exc:  # no pooled connection became free
-                raise self.translate(exc, acquiring=acquiring) from exc
             except BaseException as exc:
-                if conn is not None:
-                    if isinstance(exc, Exception):
-                        conn.close()
-                    else:  # interrupted mid-statement: its state is unknown
-                        conn.invalidate(exc)
-                raise
+                self._failed(conn, exc, last=attempt + 1 == RETRY_ATTEMPTS, acquiring=acquiring)
             else:
                 if not keep_open:
-                    conn.close()
+                    self.release(conn)
                 return result
-            if hooks.recorder is not None:
-                hooks.recorder.retried(self, error)
             time.sleep(delay)
             delay *= 2
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _failed(
+        self, conn: PooledConnection | None, exc: BaseException, *, last: bool, acquiring: bool
+    ) -> None:
+        """Put ``conn`` right after ``exc``; raise unless another attempt may help."""
+        if isinstance(exc, self._dbapi_error | StatementFailed):
+            error, label = _unwrap(exc)
+            retry = self._recover(conn, error)
+            if not retry or last:
+                raise self.translate(error, acquiring=acquiring, label=label) from error
+            if hooks.recorder is not None:
+                hooks.recorder.retried(self, error)
+            return
+        if isinstance(exc, sqlalchemy.exc.TimeoutError):  # no pooled connection became free
+            raise self.translate(exc, acquiring=acquiring) from exc
+        if conn is not None:
+            if isinstance(exc, Exception):
+                conn.close()
+            else:  # interrupted mid-statement: its state is unknown
+                conn.invalidate(exc)
+        raise exc
+
+    def _acquire(self) -> PooledConnection:
+        """A connection parked by an earlier call if there is one, else one from the pool.
+
+        A parked one needs no validation: a forked child or a disposed engine has a
+        new pool, with nothing parked.
+        """
+        engine = self.engine
+        parked = getattr(engine.pool, "parked", None)
+        if not parked:
+            return self._checkout()
+        try:
+            conn: PooledConnection = parked.pop()
+        except IndexError:
+            return self._checkout()
+        if engine._has_events or observing.wanted(engine):
+            conn.observer = self._observer(conn)
+        elif conn.observer is not None:
+            conn.observer = None
+        return conn
+
     def _checkout(self) -> PooledConnection:
-        return PooledConnection(self.engine.raw_connection(), self.strategy)
+        """A connection from the pool proper (its checkout events and checks run)."""
+        raw = self.engine.raw_connection()
+        conn = PooledConnection(raw, self.strategy)
+        pool = raw._pool
+        if (
+            isinstance(pool, pooling.BoundedQueuePool)
+            and conn.autocommit_native
+            and not pool._pre_ping
+            and pool._recycle < 0
+            and pool.sqlstore_events_only(pooling.OWN_POOL_LISTENERS)
+        ):
+            conn.pool = pool
+            conn.statements_left = pooling.statements_left(raw, self.strategy)
+        conn.observer = self._observer(conn)
+        return conn
+
+    def _observer(self, conn: PooledConnection) -> sqlalchemy.Connection | None:
+        """The ``Connection`` ``conn``'s statements run through, if anyone listens or logs."""
+        engine = self.engine
+        if not observing.wanted(engine):
+            return None
+        if conn.observer is None:
+            return sqlalchemy.Connection(engine, connection=conn.raw)
+        return conn.observer
+
+    def release(self, conn: PooledConnection) -> None:
+        """Done with ``conn`` (no transaction open): park it for the next call, or check it in."""
+        pool = conn.pool
+        if (
+            pool is not None
+            and conn.statements < conn.statements_left
+            and not conn.closed
+            and conn.deferral is None
+            and pool is self.engine.pool
+        ):
+            pool.park(conn)
+            return
+        conn.close()
 
     def _recover(self, conn: PooledConnection | None, exc: Exception) -> bool:
         """Give back or discard ``conn`` after ``exc``; whether another attempt may help."""
@@ -213,8 +323,11 @@ class Database:
         """
         if conn.closed:
             return
-        self.engine.pool._invalidate(conn.raw, exc)
+        pool = self.engine.pool
+        pool._invalidate(conn.raw, exc)
         conn.closed = True
+        if isinstance(pool, pooling.BoundedQueuePool):
+            pool.unpark()  # each as old as the one that failed
 
     # -- lock blocks -----------------------------------------------------------------
 
@@ -252,7 +365,7 @@ class Database:
             left = timeout if at is None else max(0.0, at - time.monotonic())
             witness = self.strategy.begin_locked(conn, key, left)
             # From here the block's writes travel ahead of the answers (if the dialect can).
-            conn.deferral = self.strategy.deferral(conn, begin=False)
+            conn.deferral = conn.new_deferral(begin=False)
             return conn, witness
 
         # Nothing has happened yet, so a connection that turns out dead (the server
@@ -280,7 +393,8 @@ class Database:
                 forking.keep(conn.raw)
                 conn.abandon()
             else:
-                conn.close()
+                conn.in_block = False
+                self.release(conn)
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn

@@ -16,6 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+from collections.abc import Callable
+
+try:  # the C function behind posixpath.normpath (CPython 3.12), without its wrapper
+    from posix import _path_normpath as _normpath  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - another Python
+    _normpath = posixpath.normpath
 
 #: Longest accepted path, in characters, after normalisation.
 MAX_PATH_LENGTH = 1024
@@ -24,7 +30,9 @@ MAX_NAMESPACE_LENGTH = 255
 
 ROOT = ""
 SEP = b"\x00"
-_AFTER_SEP = b"\x01"
+#: The byte after :data:`SEP`: ``dir_key(d) + AFTER_SEP`` ends the subtree of ``d``.
+AFTER_SEP = b"\x01"
+_AFTER_SEP = AFTER_SEP
 
 
 def check_namespace(namespace: object) -> str:
@@ -47,6 +55,12 @@ def check_namespace(namespace: object) -> str:
     return namespace
 
 
+#: Paths normalised lately, and what they became (most calls name a path seen before).
+_normalised: dict[str, str] = {}
+#: Entries the cache holds at most; it is emptied when full.
+_NORMALISED_MAX = 4096
+
+
 def normalize(path: object) -> str:
     r"""Normalise ``path`` as ``LocalFileStore`` does; the root is ``""``.
 
@@ -57,20 +71,35 @@ def normalize(path: object) -> str:
         ValueError: the path escapes the root, contains NUL, is not encodable as UTF-8
             or is longer than :data:`MAX_PATH_LENGTH` characters.
     """
+    if type(path) is str:
+        found = _normalised.get(path)
+        if found is not None:
+            return found
+    normal = _normalize(path)
+    if len(path) > MAX_PATH_LENGTH:  # type: ignore[arg-type]  # a str: _normalize checked it
+        return normal
+    if len(_normalised) >= _NORMALISED_MAX:
+        _normalised.clear()
+    _normalised[path] = normal  # type: ignore[index]  # a str: _normalize checked it
+    return normal
+
+
+def _normalize(path: object) -> str:
     if not isinstance(path, str):
         raise TypeError(f"path must be a str, not {type(path).__name__}")
     if "\x00" in path:
         raise ValueError(f"path must not contain NUL characters: {path!r}")
     relative = path[1:] if path.startswith("/") else path
     relative = relative.replace("\\", "/")
-    normal = posixpath.normpath(relative) if relative else "."
+    normal = (_normpath(relative) or ".") if relative else "."
     if relative.startswith("/") or normal == ".." or normal.startswith(("../", "/")):
         raise ValueError(f"path escapes filestore root: {path}")
     if normal == ".":
         return ROOT
     if len(normal) > MAX_PATH_LENGTH:
         raise ValueError(f"path is longer than {MAX_PATH_LENGTH} characters: {path[:80]!r}...")
-    _utf8(normal, "path")
+    if not normal.isascii():
+        _utf8(normal, "path")
     return normal
 
 
@@ -139,6 +168,24 @@ def after_child_dir(directory: str, child: str) -> bytes:
 def file_id(namespace: str, path: str) -> bytes:
     """The 16-byte primary key of ``path`` in ``namespace``."""
     return _digest(b"sqlstore-file", namespace, path)
+
+
+def file_ids(namespace: str, person: bytes = b"sqlstore-file") -> Callable[[str], bytes]:
+    """``file_id`` of ``namespace`` as a function of the path (the namespace hashed once).
+
+    With ``person=b"sqlstore-lock"``, ``lock_key`` instead.
+    """
+    prefix = hashlib.blake2b(digest_size=16, person=person)
+    prefix.update(namespace.encode("utf-8"))
+    prefix.update(SEP)
+    copy = prefix.copy
+
+    def of(path: str) -> bytes:
+        digest = copy()
+        digest.update(path.encode("utf-8"))
+        return digest.digest()
+
+    return of
 
 
 def lock_key(namespace: str, path: str) -> bytes:

@@ -23,16 +23,29 @@
   its pool slot ran 1,000 statements, then 2,000, 4,000 and so on (:func:`count_statements`);
   the new one plans for the tables as they are then. Replacements stay rare (about
   twenty in a billion statements) and the wasted work bounded.
+* **Parked connections.** A checkout and check-in through SQLAlchemy's pool cost about
+  75,000 instructions, more than a whole read on the raw driver. So a store call that
+  ends gives its connection back by *parking* it on :class:`BoundedQueuePool` (a list
+  append), and the next call takes it from there (a list pop), checked out still. The
+  pool counts a parked connection as checked in (``checkedin()``, ``checkedout()``,
+  ``status()``), and whoever asks the pool itself for a connection (a call that found
+  none parked, a lock block, ``engine.connect()``) first checks every parked one in
+  properly; while anyone waits that way, nothing is parked. A connection is parked only
+  where no pool event but sqlstore's own listens (``checkout``, ``checkin``, ``reset``),
+  without ``pool_pre_ping`` and ``pool_recycle``, and never more of them than
+  ``pool_size``. ``engine.dispose()`` checks them in before it closes the pool, and a
+  forked child never sees its parent's (its pool is new).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
@@ -51,6 +64,8 @@ _STATEMENTS = "sqlstore.statements"
 _REPLAN_AT = "sqlstore.replan_at"
 #: Statements after which a pool slot's first connection is replaced (then twice as many).
 FIRST_REPLAN = 1000
+#: Pool event listeners sqlstore adds (``checkout`` and ``checkin``).
+OWN_POOL_LISTENERS = 2
 
 _deadline: ContextVar[float | None] = ContextVar("sqlstore_checkout_deadline", default=None)
 
@@ -93,12 +108,82 @@ def remaining(limit: float) -> float:
     return max(0.0, min(limit, at - time.monotonic()))
 
 
+class Parkable(Protocol):
+    """A checked-out connection that can be parked on the pool."""
+
+    def close(self) -> None:
+        """Check the connection in to the pool properly."""
+
+
 class BoundedQueuePool(QueuePool):
     """A ``QueuePool`` whose wait for a free connection also ends at the :func:`set_deadline`.
 
     ``QueuePool`` reads its ``_timeout`` each time it has to wait; here that value is
     the pool's own timeout or the time left until the caller's deadline, if sooner.
+
+    It also keeps sqlstore's parked connections (see the module's docstring):
+    :attr:`parked` is popped by sqlstore without a lock (``list.pop`` is atomic);
+    :meth:`park` adds to it.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Checked-out connections no caller uses, the most recently used last.
+        self.parked: list[Parkable] = []
+        self._park_lock = threading.Lock()
+        self._wanting = 0  # callers inside _do_get: nothing may be parked meanwhile
+        #: The most connections parked at once (the pool's size).
+        self.park_max: int = self._pool.maxsize
+
+    def park(self, conn: Parkable) -> None:
+        """Keep ``conn`` for the next caller (or check it in, if one waits for the pool)."""
+        parked = self.parked
+        parked.append(conn)
+        # Looked at after the append: a caller that entered _do_get before it is seen
+        # here (and gets the connection checked in); one that enters after it finds the
+        # connection parked and checks it in itself. No lock is needed for either.
+        if self._wanting or len(parked) > self.park_max:
+            self.unpark()
+
+    def unpark(self) -> None:
+        """Check every parked connection in."""
+        while True:
+            try:
+                conn = self.parked.pop()
+            except IndexError:
+                return
+            conn.close()
+
+    def _do_get(self) -> Any:
+        # A caller of the pool proper: the parked connections go back into the queue
+        # first, and none is parked until it has one, so it never waits for a
+        # connection that sits parked.
+        with self._park_lock:
+            self._wanting += 1
+        try:
+            self.unpark()
+            return super()._do_get()
+        finally:
+            with self._park_lock:
+                self._wanting -= 1
+
+    def dispose(self) -> None:
+        """Check the parked connections in, then close every checked-in one."""
+        self.unpark()
+        super().dispose()
+
+    def checkedin(self) -> int:
+        """Connections in the pool, parked ones included."""
+        return super().checkedin() + len(self.parked)
+
+    def checkedout(self) -> int:
+        """Connections callers hold (parked ones are nobody's)."""
+        return super().checkedout() - len(self.parked)
+
+    def sqlstore_events_only(self, own: int) -> bool:
+        """Whether no pool event listener but sqlstore's ``own`` (count) listens."""
+        d = self.dispatch
+        return len(d.checkout) + len(d.checkin) + len(d.reset) <= own
 
     @property
     def _timeout(self) -> float:
@@ -117,6 +202,20 @@ def count_statements(raw: Any, count: int) -> None:
     info = raw.record_info
     if info is not None:
         info[_STATEMENTS] = info.get(_STATEMENTS, 0) + count
+
+
+def statements_left(raw: Any, strategy: DialectStrategy) -> int:
+    """How many more statements ``raw`` (just checked out) may run before it is replaced.
+
+    A parked connection is not checked in, so the check-in hook that replaces it does
+    not run: it is checked in properly once it ran this many.
+    """
+    if not strategy.keeps_plans(raw.dbapi_connection):
+        return 1 << 62
+    info = raw.record_info
+    if info is None:
+        return 0
+    return int(info.get(_REPLAN_AT, FIRST_REPLAN)) - int(info.get(_STATEMENTS, 0))
 
 
 def install(engine: Engine, strategy: DialectStrategy, timeouts: Timeouts) -> None:

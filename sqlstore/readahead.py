@@ -40,6 +40,7 @@ class ReadAhead:
         self._listed: dict[str, float] = {}
         self._files: dict[str, tuple[bytes, float]] = {}
         self._last_read: dict[str, str] = {}
+        self._pending = 0  # batches planned and not yet filled or cancelled
 
     def _in_this_process(self) -> threading.Lock:
         """The lock, new (with nothing read ahead) in a forked child."""
@@ -49,12 +50,23 @@ class ReadAhead:
             self._lock = threading.Lock()
             self._generation += 1
             self._listed, self._files, self._last_read = {}, {}, {}
+            self._pending = 0
         return self._lock
 
     @property
     def enabled(self) -> bool:
         """Whether read-ahead is on."""
         return self.size > 0 and self.max_age > 0
+
+    @property
+    def idle(self) -> bool:
+        """Whether nothing was listed or read ahead: reads need not look.
+
+        A read-ahead needs a listed directory, and the record of listed ones never
+        empties (but in a forked child, which starts a new generation): with none, no
+        batch can be on its way either.
+        """
+        return not self._listed and not self._files
 
     def listed(self, directory: str) -> None:
         """Record that ``directory`` was just listed: its files are about to be read."""
@@ -87,7 +99,9 @@ class ReadAhead:
         """
         if not self.enabled:
             return None
-        directory, name = posixpath.split(path)
+        directory, _, name = path.rpartition("/")
+        if directory not in self._listed:  # most reads: not in a listed directory
+            return None
         with self._in_this_process():
             listed = self._listed.get(directory)
             if listed is None or time.monotonic() - listed > self.max_age:
@@ -97,7 +111,13 @@ class ReadAhead:
                 return None  # the same file again: not a scan, read just it
             descending = previous is None or name < previous
             self._last_read[directory] = name
+            self._pending += 1
             return self._generation, descending
+
+    def cancel(self) -> None:
+        """The batch :meth:`plan` planned was not fetched (the query failed)."""
+        with self._in_this_process():
+            self._pending = max(0, self._pending - 1)
 
     def fill(
         self,
@@ -112,6 +132,7 @@ class ReadAhead:
         ``requested``, the file whose read fetched the batch, is served at once, not kept.
         """
         with self._in_this_process():
+            self._pending = max(0, self._pending - 1)
             if generation != self._generation:
                 return  # this store wrote meanwhile: the batch may predate it
             self._files = {
@@ -122,6 +143,10 @@ class ReadAhead:
 
     def invalidate(self) -> None:
         """Forget everything read ahead (this store wrote or deleted something)."""
+        if not self._files and not self._pending and self._forks == forking.generation:
+            # Nothing kept and no batch on its way: one planned after this test was
+            # planned after the write that calls this, so it reads what it wrote.
+            return
         with self._in_this_process():
             self._generation += 1
             self._files = {}

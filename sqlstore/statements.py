@@ -13,6 +13,7 @@ administration queries) are compiled on the spot with :meth:`Statement.of`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -56,7 +57,7 @@ REFUSALS: dict[str, Callable[[str], OSError]] = {
 class Statement:
     """One Core statement compiled for one dialect, ready for a DBAPI cursor."""
 
-    __slots__ = ("_binds", "_defaults", "_order", "_plain", "_results", "sql")
+    __slots__ = ("_binds", "_defaults", "_direct", "_getter", "_order", "_plain", "_results", "sql")
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         # Expanding parameters (IN lists) are rendered as one bind parameter per value.
@@ -86,6 +87,16 @@ class Statement:
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
         self._plain = all(processor is None for processor in self._results)
+        # Most statements need neither defaults nor processors: their driver parameters
+        # are the caller's dict (named styles) or its values in order (positional ones),
+        # taken in C by an itemgetter. This runs for every statement of every call.
+        self._direct = not self._defaults and not self._binds
+        order = self._order
+        self._getter: Callable[[Mapping[str, Any]], Any] | None = None
+        if not order:
+            self._direct = self._direct and order is None
+        elif order is not None:
+            self._getter = _single(order[0]) if len(order) == 1 else itemgetter(*order)
 
     @classmethod
     def of(cls, statement: ClauseElement, dialect: Dialect) -> Statement:
@@ -97,8 +108,11 @@ class Statement:
         """Whether result rows need no processing."""
         return self._plain
 
-    def args(self, params: Mapping[str, Any] | None = None) -> Sequence[Any] | dict[str, Any]:
+    def args(self, params: Mapping[str, Any] | None = None) -> Any:
         """The driver's parameters for ``params`` (names as in the Core statement)."""
+        if params and self._direct:
+            getter = self._getter
+            return params if getter is None else getter(params)
         values = {**self._defaults, **params} if params else dict(self._defaults)
         for name, processor in self._binds.items():
             if name in values:
@@ -115,6 +129,18 @@ class Statement:
             value if processor is None or value is None else processor(value)
             for value, processor in zip(row, self._results, strict=False)
         )
+
+
+def _single(name: str) -> Callable[[Mapping[str, Any]], tuple[Any]]:
+    """Positional parameters of a statement with one bind parameter.
+
+    ``itemgetter`` of one name gives the value, not a tuple.
+    """
+
+    def get(params: Mapping[str, Any]) -> tuple[Any]:
+        return (params[name],)
+
+    return get
 
 
 _f = files.c

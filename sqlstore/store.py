@@ -68,6 +68,11 @@ class SQLFileStore:
         self._engine = engine
         self._sql = self._db.statements
         self._owns_engine = False
+        # Per call, only what differs between calls is computed: the namespace is
+        # hashed once, and the ids of the few directories files are written in are kept.
+        self._fid = paths.file_ids(self._namespace)
+        self._lock_key = paths.file_ids(self._namespace, b"sqlstore-lock")
+        self._ancestors: dict[str, dict[str, bytes]] = {}
 
     @classmethod
     def from_url(
@@ -150,10 +155,9 @@ class SQLFileStore:
                 f"limit of {limit} bytes; nothing was written"
             )
         ns = self._namespace
-        parent, name = paths.split(path_n)
-        low, high = paths.subtree_range(path_n)
-        fid = paths.file_id(ns, path_n)
-        ancestor_ids = [paths.file_id(ns, a) for a in paths.ancestors(path_n)]
+        parent, _, name = path_n.rpartition("/")
+        low = paths.dir_key(path_n)
+        fid = self._fid(path_n)
         size = strategy.chunk_size
         pieces = [data] if size is None or len(data) <= size else _split(data, size)
         params: dict[str, Any] = {
@@ -165,11 +169,15 @@ class SQLFileStore:
             "size": len(data),
             "chunk_count": len(pieces) - 1,
             "low": low,
-            "high": high,
+            "high": low + paths.AFTER_SEP,
         }
-        params.update(zip(ancestor_names(len(ancestor_ids)), ancestor_ids, strict=True))
+        depth = 0
+        if parent:
+            ancestors = self._ancestor_params(parent)
+            depth = len(ancestors)
+            params.update(ancestors)
         sql = self._sql
-        write = sql.write(len(ancestor_ids))
+        write = sql.write(depth)
 
         def run(conn: PooledConnection) -> None:
             # A tree rule that forbids the write makes it fail in the database (see
@@ -189,6 +197,18 @@ class SQLFileStore:
 
         self._db.run(run)
         self._written()
+
+    def _ancestor_params(self, parent: str) -> dict[str, bytes]:
+        """The write's parameters ``a0``... : file ids of ``parent`` and the dirs above it."""
+        known = self._ancestors
+        found = known.get(parent)
+        if found is None:
+            ids = [self._fid(a) for a in paths.ancestors(parent + "/")]
+            found = dict(zip(ancestor_names(len(ids)), ids, strict=True))
+            if len(known) >= 64:  # the handful of directories a conversation writes in
+                known.clear()
+            known[parent] = found
+        return found
 
     def read(self, path: str) -> str:
         """Return the file's content decoded as UTF-8.
@@ -214,11 +234,11 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
-        if self._ahead.enabled and self._db.block() is None:
+        if not self._ahead.idle and self._ahead.enabled and self._db.block() is None:
             ahead = self._read_ahead(path_n)
             if ahead is not None:
                 return ahead
-        params = {"ns": self._namespace, "fid": paths.file_id(self._namespace, path_n)}
+        params = {"ns": self._namespace, "fid": self._fid(path_n)}
         sql = self._sql
 
         def run(conn: PooledConnection) -> bytes | None:
@@ -257,7 +277,11 @@ class SQLFileStore:
             "limit": self._ahead.size,
         }
         fetched = time.monotonic()
-        rows = self._db.run(lambda conn: conn.all(query, params))
+        try:
+            rows = self._db.run(lambda conn: conn.all(query, params))
+        except BaseException:
+            self._ahead.cancel()
+            raise
         batch = [(n, bytes(content)) for n, content in rows]
         self._ahead.fill(directory, batch, name, generation, fetched)
         return next((content for n, content in batch if n == name), None)
@@ -272,12 +296,12 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             return True
-        low, high = paths.subtree_range(path_n)
+        low = paths.dir_key(path_n)
         params = {
-            "fid": paths.file_id(self._namespace, path_n),
+            "fid": self._fid(path_n),
             "ns": self._namespace,
             "low": low,
-            "high": high,
+            "high": low + paths.AFTER_SEP,
         }
         query = self._sql.exists
         row = self._db.run(lambda conn: conn.first(query, params))
@@ -313,13 +337,21 @@ class SQLFileStore:
         """
         ns = self._namespace
         sql = self._sql
-        low, high = paths.strict_subdir_range(path_n)
-        params: dict[str, Any] = {"ns": ns, "key": paths.dir_key(path_n), "low": low}
+        key = paths.dir_key(path_n)
+        params: dict[str, Any]
         if path_n == paths.ROOT:
+            params = {"ns": ns, "key": key, "low": paths.SEP}
             rows = conn.all(sql.list_root, params)
             probe = sql.next_subdir_root
         else:
-            params.update(high=high, fid=paths.file_id(ns, path_n))
+            # strict_subdir_range, written out: [key + SEP, key + AFTER_SEP)
+            params = {
+                "ns": ns,
+                "key": key,
+                "low": key + paths.SEP,
+                "high": key + paths.AFTER_SEP,
+                "fid": self._fid(path_n),
+            }
             rows = conn.all(sql.list_dir, params)
             probe = sql.next_subdir
         files: builtins.list[str] = []
@@ -363,12 +395,12 @@ class SQLFileStore:
             params: dict[str, Any] = {"ns": self._namespace}
             delete = sql.delete_namespace
         else:
-            low, high = paths.subtree_range(path_n)
+            low = paths.dir_key(path_n)
             params = {
                 "ns": self._namespace,
-                "fid": paths.file_id(self._namespace, path_n),
+                "fid": self._fid(path_n),
                 "low": low,
-                "high": high,
+                "high": low + paths.AFTER_SEP,
             }
             delete = sql.delete_path
         self._db.run(lambda conn: conn.defer(delete, params, path))
@@ -419,7 +451,7 @@ class SQLFileStore:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
-        return self._db.lock_block(paths.lock_key(self._namespace, path_n), timeout, repr(path))
+        return self._db.lock_block(self._lock_key(path_n), timeout, repr(path))
 
     def flush(self) -> None:
         """Nothing to do: every call is written to the database before it returns."""
@@ -456,8 +488,9 @@ class SQLFileStore:
         and a batch may be read ahead from the old state until then: drop it again
         when the block ends.
         """
-        self._ahead.invalidate()
-        self._db.when_block_done(self._ahead.invalidate)
+        ahead = self._ahead
+        ahead.invalidate()
+        self._db.when_block_done(ahead.invalidate)
 
 
 def _as_bytes(contents: object) -> bytes:

@@ -65,6 +65,9 @@ class DialectStrategy(ABC):
     partitionable: ClassVar[bool] = False
 
     timeouts: Timeouts = Timeouts()
+    #: Whether a connection keeps one cursor for its plain statements (where the driver
+    #: makes cursors in Python and a cursor holds no server state once fetched).
+    reuses_cursors: ClassVar[bool] = False
 
     # -- engines and connections ---------------------------------------------------
 

@@ -288,7 +288,7 @@ class MySQLStrategy(DialectStrategy):
         # The wait happens in the server: the answer may take that much longer.
         try:
             with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
-                cursor.execute(sql, {"key": key.hex(), "timeout": wait})
+                conn.run_on(cursor, sql, {"key": key.hex(), "timeout": wait})
                 (got,) = cursor.fetchone()
                 while cursor.nextset():
                     pass

@@ -254,6 +254,7 @@ class PostgreSQLStrategy(DialectStrategy):
     """
 
     names = ("postgresql",)
+    reuses_cursors = True
     max_content_size = (1 << 30) - 1  # bytea's limit
     insert = staticmethod(insert)
     partitionable = True
@@ -358,7 +359,7 @@ class PostgreSQLStrategy(DialectStrategy):
         """The first row of the last result of ``sql`` (statements sent in one round trip)."""
         cursor = conn.dbapi.cursor()
         try:
-            cursor.execute(sql)
+            conn.run_on(cursor, sql)
             while cursor.nextset():
                 pass
             row: Sequence[Any] = cursor.fetchone()

@@ -122,7 +122,19 @@ class SQLiteStrategy(DialectStrategy):
         conn.sql("BEGIN IMMEDIATE")
 
     def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        conn.sql(f"PRAGMA busy_timeout={timeout_ms(timeout) if timeout != 0 else 0}")
+        wait = timeout_ms(timeout) if timeout != 0 else 0
+        if wait == self.busy_timeout_ms:
+            # The connection waits that long already (the SDK's 30 s lock timeout is
+            # the default busy_timeout): two statements fewer.
+            self._begin_immediate(conn, timeout)
+            return
+        conn.sql(f"PRAGMA busy_timeout={wait}")
+        try:
+            self._begin_immediate(conn, timeout)
+        finally:
+            conn.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+
+    def _begin_immediate(self, conn: PooledConnection, timeout: float) -> None:
         try:
             conn.sql("BEGIN IMMEDIATE")
         except Exception as exc:
@@ -131,8 +143,6 @@ class SQLiteStrategy(DialectStrategy):
                     f"database write lock not acquired within {timeout}s"
                 ) from exc
             raise
-        finally:
-            conn.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
 
     @contextmanager
     def schema_lock(self, conn: Connection, timeout: float) -> Iterator[None]:
