@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from opentelemetry import metrics
-from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -111,13 +110,16 @@ def exporter(fresh_engine: sa.Engine) -> Iterator[tuple[InMemorySpanExporter, Tr
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
-    # What SQLAlchemyInstrumentor().instrument(engine=...) attaches to one engine. The
-    # instrumentor itself declares SQLAlchemy < 2.1 (2.1 is installed here) and, asked to
-    # skip that check, also patches the asyncio extension, which needs greenlet.
-    usage = metrics.get_meter("test").create_up_down_counter("db.client.connections.usage")
-    EngineTracer(provider.get_tracer("sqlalchemy"), fresh_engine, usage)
-    yield memory, provider
-    provider.shutdown()
+    # The instrumentor as an application runs it. It declares SQLAlchemy < 2.1, so on
+    # SQLAlchemy 2.1 it must be told to skip that check (skip_dep_check); it then also
+    # patches the asyncio extension, hence greenlet among the dev dependencies.
+    instrumentor = SQLAlchemyInstrumentor()
+    instrumentor.instrument(engine=fresh_engine, tracer_provider=provider, skip_dep_check=True)
+    try:
+        yield memory, provider
+    finally:
+        instrumentor.uninstrument()
+        provider.shutdown()
 
 
 def test_opentelemetry_gets_one_span_per_statement_under_the_callers_span(
