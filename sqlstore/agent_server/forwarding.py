@@ -191,17 +191,8 @@ class Forwarding:
             logger.warning(
                 "forwarding to the owner %s failed (%s); answering here", owner_url, error
             )
-            replayed = False
-
-            async def replay() -> dict[str, Any]:
-                nonlocal replayed
-                if replayed:
-                    received: dict[str, Any] = await receive()
-                    return received
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-            await self.app(scope, replay, send)
+            request_again = {"type": "http.request", "body": bytes(body), "more_body": False}
+            await self.app(scope, _replaying(request_again, receive), send)
             return
         headers = [
             (name.encode("latin-1"), value.encode("latin-1"))
@@ -235,18 +226,7 @@ class Forwarding:
             logger.warning(
                 "relaying the socket to %s failed (%s); serving it here", owner_url, error
             )
-            connected = False
-
-            async def again() -> dict[str, Any]:
-                nonlocal connected
-                if connected:
-                    received: dict[str, Any] = await receive()
-                    return received
-                connected = True
-                first: dict[str, Any] = message
-                return first
-
-            await self.app(scope, again, send)
+            await self.app(scope, _replaying(message, receive), send)
             return
         await send({"type": "websocket.accept"})
 
@@ -298,3 +278,22 @@ def cors_dispatcher(installation: Installation, original: Any) -> Any:
     CORSDispatcher.__qualname__ = original.__qualname__
     CORSDispatcher.__doc__ = original.__doc__
     return CORSDispatcher
+
+
+def _replaying(first: dict[str, Any], receive: Any) -> Any:
+    """An ASGI ``receive`` that gives ``first`` again, then what ``receive`` gives.
+
+    Serving a request here after forwarding it failed needs the message already read
+    from the client (the request body, or the socket's connect) once more.
+    """
+    given = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal given
+        if given:
+            received: dict[str, Any] = await receive()
+            return received
+        given = True
+        return first
+
+    return replay
