@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,40 +28,40 @@ from sqlalchemy.engine import URL
 
 from sqlstore import SQLFileStore, admin
 from sqlstore.agent_server import _queries
-from sqlstore.connection import PooledConnection
 from tests.test_retention import age_namespace
 
 pytestmark = [pytest.mark.timeout(300)]
 
 Recorded = tuple[str, Any]
 _TABLE = re.compile(r"\bsqlstore_(files|chunks)\b")
+#: Statements whose plan EXPLAIN shows.
+_QUERIES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"})
 
 
 @pytest.fixture
-def recorded(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Recorded]]:
-    """Every statement sqlstore runs on a pooled connection meanwhile, with its values."""
+def recorded(engine: sa.Engine) -> Iterator[list[Recorded]]:
+    """Every statement sqlstore runs on ``engine`` meanwhile, with the values it ran with.
+
+    Recorded as SQLAlchemy's ``before_cursor_execute`` listeners see them, which every
+    statement sqlstore runs reaches (single calls, lock blocks, administration).
+    """
     seen: list[Recorded] = []
-    execute, many = PooledConnection.execute, PooledConnection.execute_many
-    defer = PooledConnection.defer
 
-    def recording_execute(self: PooledConnection, statement: Any, params: Any = None) -> Any:
-        seen.append((statement.sql, statement.args(params)))
-        return execute(self, statement, params)
-
-    def recording_defer(
-        self: PooledConnection, statement: Any, params: Any = None, label: Any = None
+    def record(
+        conn: Any, cursor: Any, sql: str, params: Any, context: Any, executemany: bool
     ) -> None:
-        seen.append((statement.sql, statement.args(params)))
-        defer(self, statement, params, label)
+        if sql.lstrip().split(None, 1)[0].upper() not in _QUERIES:
+            return  # no plan to read: ANALYZE after a bulk load, a lock, COMMIT
+        if executemany:
+            seen.extend((sql, row) for row in params)
+        else:
+            seen.append((sql, params))
 
-    def recording_many(self: PooledConnection, statement: Any, rows: Sequence[Any]) -> None:
-        seen.extend((statement.sql, statement.args(row)) for row in rows)
-        many(self, statement, rows)
-
-    monkeypatch.setattr(PooledConnection, "execute", recording_execute)
-    monkeypatch.setattr(PooledConnection, "execute_many", recording_many)
-    monkeypatch.setattr(PooledConnection, "defer", recording_defer)
-    yield seen
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
 
 
 def _workload(engine: sa.Engine, namespace: str, tmp_path: Path) -> None:
@@ -206,6 +206,8 @@ def test_every_statement_against_a_namespace_reaches_one_partition(
 
 
 def _values(params: Any) -> list[Any]:
+    if params is None:  # a statement without parameters (a migration's, a lock's)
+        return []
     return list(params.values()) if isinstance(params, Mapping) else list(params)
 
 
