@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Engine, column, select, table
@@ -48,6 +48,9 @@ from .pooling import Timeouts
 from .schema import SCHEMA_REVISION, VERSION_TABLE
 from .statements import REFUSALS, Statement, Statements
 from .telemetry import hooks
+
+if TYPE_CHECKING:
+    from .dialects.base import Read
 
 T = TypeVar("T")
 
@@ -331,7 +334,15 @@ class Database:
 
     # -- lock blocks -----------------------------------------------------------------
 
-    def lock_block(self, key: bytes, timeout: float, label: str) -> AbstractContextManager[None]:
+    def lock_block(
+        self,
+        key: bytes,
+        timeout: float,
+        label: str,
+        *,
+        read: Read | None = None,
+        release_late: bool = False,
+    ) -> AbstractContextManager[Sequence[Any] | None]:
         """Hold the lock ``key`` for the block, which is one transaction.
 
         The caller's calls inside join the transaction; a block inside another is a
@@ -343,6 +354,13 @@ class Database:
                 included); 0 tries once; negative or ``inf`` waits as long as the
                 database allows.
             label: How to name the lock in an error message.
+            read: A query run right after the lock is taken, in the same round trip
+                where the dialect can; the block's value is its first row (converted),
+                or ``None``. Without it the value is ``None``.
+            release_late: For a nested block: its savepoint is released with what the
+                enclosing block sends next rather than at once, so a write refused in
+                it is reported when the enclosing block ends (which then rolls back
+                whole), not as it leaves. No effect on an outermost block.
 
         Raises:
             LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
@@ -350,20 +368,27 @@ class Database:
         """
         block = blocks.current(self)
         if block is None:
-            return self._outer(key, timeout)
+            return self._outer(key, timeout, read)
         if key in block.active:
             raise LockTimeoutError(f"{label} is already locked by this caller")
-        return self._nested(block, key, timeout)
+        return self._nested(block, key, timeout, read, release_late)
 
     @contextmanager
-    def _outer(self, key: bytes, timeout: float) -> Iterator[None]:
+    def _outer(
+        self, key: bytes, timeout: float, read: Read | None = None
+    ) -> Iterator[Sequence[Any] | None]:
         wait = timeout_seconds(timeout)
         unbounded = wait != timeout
         at = None if unbounded else time.monotonic() + wait
+        row: Sequence[Any] | None = None
 
         def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
+            nonlocal row
             left = timeout if at is None else max(0.0, at - time.monotonic())
-            witness = self.strategy.begin_locked(conn, key, left)
+            if read is None:
+                witness = self.strategy.begin_locked(conn, key, left)
+            else:
+                witness, row = self.strategy.begin_locked_reading(conn, key, left, read)
             # From here the block's writes travel ahead of the answers (if the dialect can).
             conn.deferral = conn.new_deferral(begin=False)
             return conn, witness
@@ -380,7 +405,7 @@ class Database:
         try:
             entered = blocks.enter(self, block)
             try:
-                yield
+                yield row
             except BaseException as exc:
                 blocks.leave(entered)
                 self._roll_back(block, exc)
@@ -501,44 +526,48 @@ class Database:
         self.strategy.end(conn, commit=commit, keys=keys)
 
     @contextmanager
-    def _nested(self, block: Block, key: bytes, timeout: float) -> Iterator[None]:
+    def _nested(
+        self,
+        block: Block,
+        key: bytes,
+        timeout: float,
+        read: Read | None = None,
+        release_late: bool = False,
+    ) -> Iterator[Sequence[Any] | None]:
         conn = block.conn
         block.depth += 1
         block.active.add(key)
         savepoint = f"sqlstore_{block.depth}"
+        failed_before = block.failed
 
-        def sql(statement: str) -> None:
-            self._in_block(block, lambda c: c.sql(statement))
-
-        def undo(failed_before: Exception | None) -> None:
+        def undo() -> None:
             if not conn.closed:
-                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                self._in_block(block, lambda c: c.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
                 block.failed = failed_before  # what failed in it was undone with it
 
         try:
-            # The lock is taken in a savepoint of its own, released at once: a failed
-            # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
-            # taken lock belongs to the enclosing transaction, so rolling the block back
-            # below does not release it before the outermost block ends. A key an
-            # earlier nested block took is still held: nothing to take.
-            failed_before = block.failed
-            if key not in block.held:
-                sql(f"SAVEPOINT {savepoint}")
-                try:
-                    self._in_block(block, lambda c: self.strategy.acquire_nested(c, key, timeout))
-                except BaseException:
-                    undo(failed_before)
-                    raise
-                sql(f"RELEASE SAVEPOINT {savepoint}")
-                block.held.add(key)
-            sql(f"SAVEPOINT {savepoint}")
+            # A key an earlier nested block took is still held: nothing to take (see
+            # DialectStrategy.enter_nested for why the lock has a savepoint of its own).
+            taking = None if key in block.held else key
             try:
-                yield
-                # Writes sent ahead in the block are answered here at the latest: one
-                # refused leaves the block by its error, as if raised at its call.
-                sql(f"RELEASE SAVEPOINT {savepoint}")
+                row = self._in_block(
+                    block, lambda c: self.strategy.enter_nested(c, savepoint, taking, timeout, read)
+                )
             except BaseException:
-                undo(failed_before)
+                undo()
+                raise
+            block.held.add(key)
+            try:
+                yield row
+                if release_late:
+                    release = self.statements.release_savepoint(savepoint)
+                    self._in_block(block, lambda c: c.defer(release))
+                else:
+                    # Writes sent ahead in the block are answered here at the latest: one
+                    # refused leaves the block by its error, as if raised at its call.
+                    self._in_block(block, lambda c: c.sql(f"RELEASE SAVEPOINT {savepoint}"))
+            except BaseException:
+                undo()
                 raise
         finally:
             block.depth -= 1

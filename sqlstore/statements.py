@@ -31,6 +31,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     union_all,
 )
 from sqlalchemy import cast as sql_cast
@@ -182,6 +183,7 @@ class Statements:
         self._dialect = dialect
         self._strategy = strategy
         self._writes: dict[int, Statement] = {}
+        self._releases: dict[str, Statement] = {}
         compile_ = self._compile
 
         # -- reads ---------------------------------------------------------------
@@ -272,6 +274,13 @@ class Statements:
 
     def _compile(self, statement: ClauseElement) -> Statement:
         return Statement(statement, self._dialect)
+
+    def release_savepoint(self, name: str) -> Statement:
+        """``RELEASE SAVEPOINT name``, as a statement that can be sent ahead."""
+        found = self._releases.get(name)
+        if found is None:
+            found = self._releases[name] = self._compile(text(f"RELEASE SAVEPOINT {name}"))
+        return found
 
     def write(self, depth: int) -> Statement:
         """Insert or overwrite a file ``depth`` directories deep, unless a tree rule forbids it.

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import builtins
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, cast
 from urllib.parse import quote
 
 from sqlalchemy import Engine
@@ -451,7 +452,43 @@ class SQLFileStore:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
-        return self._db.lock_block(self._lock_key(path_n), timeout, repr(path))
+        # Its value is None: no query rides with the lock.
+        block = self._db.lock_block(self._lock_key(path_n), timeout, repr(path))
+        return cast(AbstractContextManager[None], block)
+
+    def _lock_reading(
+        self, path: str, timeout: float, read: str, *, release_late: bool = False
+    ) -> AbstractContextManager[bytes | None]:
+        """:meth:`lock`, whose block's value is the content of the file ``read``.
+
+        The file is read right after the lock is taken, in the same round trip where the
+        database allows (a fencing check costs nothing more than the lock). ``None``
+        where there is no file at ``read``. ``release_late``: see
+        :meth:`sqlstore.database.Database.lock_block`. Private: for
+        :mod:`sqlstore.agent_server`'s fenced writes.
+        """
+        path_n = paths.normalize(path)
+        params = {"ns": self._namespace, "fid": self._fid(paths.normalize(read))}
+        block = self._db.lock_block(
+            self._lock_key(path_n),
+            timeout,
+            repr(path),
+            read=(self._sql.read, params),
+            release_late=release_late,
+        )
+        return self._content_of(block, read)
+
+    @contextmanager
+    def _content_of(
+        self, block: AbstractContextManager[Sequence[Any] | None], read: str
+    ) -> Iterator[bytes | None]:
+        with block as row:
+            if row is None:
+                yield None
+                return
+            content, chunk_count = row
+            # A chunked file is read again whole, inside the block (one snapshot).
+            yield self.read_bytes(read) if chunk_count else bytes(content)
 
     def flush(self) -> None:
         """Nothing to do: every call is written to the database before it returns."""

@@ -36,6 +36,7 @@ from .base import (
 if TYPE_CHECKING:
     from ..connection import PooledConnection
     from ..statements import Statement
+    from .base import Read
 
 # Server and client error numbers worth one more try on a fresh connection:
 # deadlock, server shutdown, connection killed, gone away, lost, cannot connect.
@@ -147,22 +148,38 @@ class BatchDeferral(Deferral):
         if self._conn.deferral is self:
             self._conn.deferral = None
 
-    def _send(self, tail: Sequence[str] = ()) -> None:
+    def ask(self, tail: Sequence[str]) -> list[Any]:
+        """Send what is queued, then ``tail``, in one packet; the first row of each of ``tail``.
+
+        ``None`` for a statement of ``tail`` that returns no rows.
+
+        Raises:
+            StatementFailed: a statement failed (a queued one: with its label).
+        """
+        return self._send(tail)
+
+    def _send(self, tail: Sequence[str] = ()) -> list[Any]:
         batch = [*self._queued, *((sql, None) for sql in tail)]
         self._queued, self._size = [], 0
         if not batch:
-            return
+            return []
         cursor = self._conn.dbapi.cursor()
         done = 0
+        rows: list[Any] = []
+        first_of_tail = len(batch) - len(tail)
         try:
             cursor.execute("; ".join(sql for sql, _ in batch))
-            done = 1
-            while cursor.nextset():
+            while True:
+                if done >= first_of_tail:
+                    rows.append(None if cursor.description is None else cursor.fetchone())
                 done += 1
+                if not cursor.nextset():
+                    break
         except Exception as exc:
             raise StatementFailed(exc, batch[min(done, len(batch) - 1)][1]) from exc
         finally:
             cursor.close()
+        return rows
 
 
 class MySQLStrategy(DialectStrategy):
@@ -280,6 +297,77 @@ class MySQLStrategy(DialectStrategy):
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         self._refuse(self._acquire(conn, key, timeout), timeout)
 
+    def begin_locked_reading(
+        self, conn: PooledConnection, key: bytes, timeout: float, read: Read
+    ) -> tuple[object, Sequence[Any] | None]:
+        # The lock, the transaction and the read in one packet: one round trip. The
+        # read runs after GET_LOCK has answered (in order), so under the lock.
+        if conn.observer is not None:
+            return super().begin_locked_reading(conn, key, timeout, read)
+        packet = BatchDeferral(conn, begin=False)
+        try:
+            got, _, found = self._locking(
+                conn,
+                packet,
+                timeout,
+                [self._get_lock(conn, key, timeout), "START TRANSACTION"],
+                read,
+            )
+        except BaseException:
+            self.abandon_locked(conn, key)
+            raise
+        if got is None or got[0] != 1:
+            self.abandon_locked(conn, key)
+            self._refuse(None if got is None else got[0], timeout)
+        return None, None if found is None else read[0].convert(found)
+
+    def enter_nested(
+        self,
+        conn: PooledConnection,
+        savepoint: str,
+        key: bytes | None,
+        timeout: float,
+        read: Read | None = None,
+    ) -> Sequence[Any] | None:
+        # GET_LOCK failing leaves the transaction as it was: the lock needs no savepoint
+        # of its own. The savepoint, the lock and the read go in one packet, after the
+        # statements queued before them: one round trip.
+        deferral = conn.deferral
+        if not isinstance(deferral, BatchDeferral):
+            return super().enter_nested(conn, savepoint, key, timeout, read)
+        head = [f"SAVEPOINT {savepoint}"]
+        if key is not None:
+            head.append(self._get_lock(conn, key, timeout))
+        rows = self._locking(conn, deferral, timeout if key is not None else 0, head, read)
+        if key is not None:
+            got = rows[1]
+            self._refuse(None if got is None else got[0], timeout)
+        found = rows[-1] if read is not None else None
+        return None if found is None or read is None else read[0].convert(found)
+
+    @staticmethod
+    def _get_lock(conn: PooledConnection, key: bytes, timeout: float) -> str:
+        """``GET_LOCK`` of ``key`` as literal SQL (to go in a packet with others)."""
+        params = {"key": key.hex(), "timeout": timeout_seconds(timeout)}
+        return _mogrify(conn, f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)", params)
+
+    def _locking(
+        self,
+        conn: PooledConnection,
+        packet: BatchDeferral,
+        timeout: float,
+        head: list[str],
+        read: Read | None,
+    ) -> list[Any]:
+        """``head``, then ``read``, sent by ``packet``; the first rows (``ask``)."""
+        statements = list(head)
+        if read is not None:
+            statements.append(_mogrify(conn, read[0].sql, read[0].args(read[1])))
+        wait = timeout_seconds(timeout) if timeout else 0
+        # A lock wait happens in the server: the answer may take that much longer.
+        with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
+            return packet.ask(statements)
+
     def _acquire(self, conn: PooledConnection, key: bytes, timeout: float, then: str = "") -> Any:
         """``GET_LOCK``'s answer (1: taken, 0: timed out), with ``then`` run after it."""
         wait = timeout_seconds(timeout)
@@ -388,6 +476,15 @@ class MySQLStrategy(DialectStrategy):
             return True
         # PyMySQL's error on a connection it had already closed has no number (0).
         return dbapi_connection is not None and not dbapi_connection.open
+
+
+def _mogrify(conn: PooledConnection, sql: str, params: Any) -> str:
+    """``sql`` with ``params`` written in as literals, as PyMySQL sends every statement."""
+    cursor = conn.dbapi.cursor()
+    try:
+        return str(cursor.mogrify(sql, params))
+    finally:
+        cursor.close()
 
 
 def _error_number(exc: BaseException) -> int | None:

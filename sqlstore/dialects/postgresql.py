@@ -33,6 +33,7 @@ from .base import (
 if TYPE_CHECKING:
     from ..connection import PooledConnection
     from ..statements import Statement
+    from .base import Read
 
 # SQLSTATE classes and codes worth one more try on a fresh connection.
 _TRANSIENT_CLASSES = ("08", "57P")  # connection exceptions, operator intervention
@@ -150,6 +151,40 @@ class PipelineDeferral(Deferral):
 
     def before_read(self) -> None:
         """Nothing to do: the read is answered after what was sent before it."""
+
+    def ask(self, statements: Sequence[tuple[str, Any, bool]]) -> list[Any]:
+        """Send ``statements`` after what was sent ahead, and wait once for them all.
+
+        Each is (SQL, parameters or ``None``, whether it returns rows). One round trip
+        for everything, the statements sent ahead before included; the pipeline stays
+        entered, so what is deferred next goes ahead again.
+
+        Returns:
+            The first row of each statement that returns rows, else ``None``, in order.
+
+        Raises:
+            StatementFailed: a statement sent ahead before these failed.
+        """
+        if self._mode is None:
+            self._mode = self._conn.dbapi.pipeline()
+            self._mode.__enter__()
+        cursors = []
+        try:
+            for sql, params, returns_rows in statements:
+                cursor = self._conn.dbapi.cursor()
+                self._sent.append((cursor, None))
+                cursor.execute(sql, params)
+                cursors.append((cursor, returns_rows))
+            # The answers come in order: waiting for the last one's waits for them all.
+            return [cursor.fetchone() if returns_rows else None for cursor, returns_rows in cursors]
+        except Exception as exc:
+            # The pipeline is aborted until it syncs: leave it (the caller rolls back to
+            # a savepoint and goes on), staying this connection's way of deferring.
+            label = self._failed_label()
+            self._leave(quietly=True, detach=False)
+            if label is not None:
+                raise StatementFailed(exc, label) from exc
+            raise
 
     def read_failed(self, exc: Exception) -> None:
         if self._mode is None:
@@ -353,6 +388,86 @@ class PostgreSQLStrategy(DialectStrategy):
             if isinstance(exc, Exception) and self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
+
+    def begin_locked_reading(
+        self, conn: PooledConnection, key: bytes, timeout: float, read: Read
+    ) -> tuple[object, Sequence[Any] | None]:
+        # BEGIN, the lock with the transaction's id, and the read, in one pipeline: one
+        # round trip (the read has parameters, so it cannot join BEGIN's simple query).
+        # The server runs them in order; a failed lock wait skips the read.
+        if conn.observer is not None:
+            return super().begin_locked_reading(conn, key, timeout, read)
+        statement, params = read
+        witness = ", pg_current_xact_id()::text"
+        if timeout == 0:
+            lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)}){witness}"
+        else:
+            lock = f"{self._lock_sql(key, timeout)}{witness}"
+        dbapi = conn.dbapi
+        cursors = [dbapi.cursor() for _ in range(3)]
+        try:
+            try:
+                with self._patient(conn, timeout), dbapi.pipeline():
+                    cursors[0].execute("BEGIN")
+                    cursors[1].execute(lock)
+                    cursors[2].execute(statement.sql, statement.args(params))
+                locked = cursors[1].fetchone()
+                found = cursors[2].fetchone()
+            except BaseException:
+                # A statement skipped after the failed one may be recorded as prepared
+                # although the server never prepared it (see PipelineDeferral._leave).
+                _forget_prepared(dbapi)
+                raise
+            if timeout == 0 and not locked[0]:
+                raise LockTimeoutError("lock is held by another session (timeout=0)")
+        except BaseException as exc:
+            conn.rollback_quietly()
+            if isinstance(exc, Exception) and self.is_busy(exc):
+                raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
+            raise
+        finally:
+            for cursor in cursors:
+                cursor.close()
+        return locked[-1], None if found is None else statement.convert(found)
+
+    def enter_nested(
+        self,
+        conn: PooledConnection,
+        savepoint: str,
+        key: bytes | None,
+        timeout: float,
+        read: Read | None = None,
+    ) -> Sequence[Any] | None:
+        # The savepoints, the lock and the read go in the block's pipeline, after what
+        # was sent ahead: one round trip. A failed wait aborts the transaction and skips
+        # the rest; the caller's ROLLBACK TO the lock's savepoint repairs it.
+        deferral = conn.deferral
+        if not isinstance(deferral, PipelineDeferral):
+            return super().enter_nested(conn, savepoint, key, timeout, read)
+        statements: list[tuple[str, Any, bool]] = [(f"SAVEPOINT {savepoint}", None, False)]
+        if key is not None:
+            if timeout == 0:
+                lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"
+            else:
+                lock = self._lock_sql(key, timeout)
+            statements += [
+                (lock, None, True),
+                (f"RELEASE SAVEPOINT {savepoint}", None, False),
+                (f"SAVEPOINT {savepoint}", None, False),
+            ]
+        if read is not None:
+            statements.append((read[0].sql, read[0].args(read[1]), True))
+        try:
+            with self._patient(conn, 0 if key is None else timeout):
+                rows = deferral.ask(statements)
+        except Exception as exc:
+            if self.is_busy(exc):
+                raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
+            raise
+        if key is not None and timeout == 0 and not rows[1][0]:
+            raise LockTimeoutError("lock is held by another session (timeout=0)")
+        found = rows[-1] if read is not None else None
+        return None if found is None or read is None else read[0].convert(found)
 
     @staticmethod
     def _first_row(conn: PooledConnection, sql: str) -> Sequence[Any]:
