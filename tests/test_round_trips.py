@@ -138,4 +138,7 @@ def test_one_server_append_costs_few_round_trips(
     assert len(state.events) == 12
     assert store.list("events")[0] == "events/.eventlog-len-12.marker"
     print(f"\n{db_dialect}: round trips per server append {counts}")
-    assert max(counts) <= SERVER_LIMITS[db_dialect], counts
+    # On the total: psycopg follows the Sync that ends a pipeline with a Flush it waits
+    # for no answer to; arriving after the server's answer, it is now and then counted
+    # as an exchange of its own, and the next append's first one is then not counted.
+    assert sum(counts) <= SERVER_LIMITS[db_dialect] * len(counts), counts

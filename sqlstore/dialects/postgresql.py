@@ -149,6 +149,11 @@ class PipelineDeferral(Deferral):
         except Exception as exc:
             self._fail(exc)
 
+    @property
+    def sending(self) -> bool:
+        """Whether statements were sent ahead whose answers are still to be read."""
+        return self._mode is not None
+
     def before_read(self) -> None:
         """Nothing to do: the read is answered after what was sent before it."""
 
@@ -265,6 +270,18 @@ class PipelineDeferral(Deferral):
             for cursor, _ in self._sent:
                 cursor.close()
             self._sent.clear()
+
+
+def _literal(conn: PooledConnection, statement: Statement, params: Params) -> str:
+    """``statement`` with its parameters written in as literals, escaped by psycopg.
+
+    For a query that travels with others in one simple query (which takes no
+    parameters).
+    """
+    from psycopg import ClientCursor
+
+    with ClientCursor(conn.dbapi) as cursor:
+        return cursor.mogrify(statement.sql, statement.args(params))
 
 
 def _forget_prepared(dbapi_connection: Any) -> None:
@@ -392,42 +409,27 @@ class PostgreSQLStrategy(DialectStrategy):
     def begin_locked_reading(
         self, conn: PooledConnection, key: bytes, timeout: float, read: Read
     ) -> tuple[object, Sequence[Any] | None]:
-        # BEGIN, the lock with the transaction's id, and the read, in one pipeline: one
-        # round trip (the read has parameters, so it cannot join BEGIN's simple query).
-        # The server runs them in order; a failed lock wait skips the read.
-        if conn.observer is not None:
-            return super().begin_locked_reading(conn, key, timeout, read)
-        statement, params = read
+        # BEGIN, the lock with the transaction's id, and the read in one simple query:
+        # one round trip, and less work here than a pipeline of three. The server runs
+        # them in order; a failed lock wait skips the read.
         witness = ", pg_current_xact_id()::text"
         if timeout == 0:
             lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)}){witness}"
         else:
             lock = f"{self._lock_sql(key, timeout)}{witness}"
-        dbapi = conn.dbapi
-        cursors = [dbapi.cursor() for _ in range(3)]
+        statement, params = read
         try:
-            try:
-                with self._patient(conn, timeout), dbapi.pipeline():
-                    cursors[0].execute("BEGIN")
-                    cursors[1].execute(lock)
-                    cursors[2].execute(statement.sql, statement.args(params))
-                locked = cursors[1].fetchone()
-                found = cursors[2].fetchone()
-            except BaseException:
-                # A statement skipped after the failed one may be recorded as prepared
-                # although the server never prepared it (see PipelineDeferral._leave).
-                _forget_prepared(dbapi)
-                raise
-            if timeout == 0 and not locked[0]:
+            with self._patient(conn, timeout):
+                _, locked, found = self._results(
+                    conn, f"BEGIN; {lock}; {_literal(conn, statement, params)}"
+                )
+            if locked is None or (timeout == 0 and not locked[0]):
                 raise LockTimeoutError("lock is held by another session (timeout=0)")
         except BaseException as exc:
             conn.rollback_quietly()
             if isinstance(exc, Exception) and self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
-        finally:
-            for cursor in cursors:
-                cursor.close()
         return locked[-1], None if found is None else statement.convert(found)
 
     def enter_nested(
@@ -438,36 +440,53 @@ class PostgreSQLStrategy(DialectStrategy):
         timeout: float,
         read: Read | None = None,
     ) -> Sequence[Any] | None:
-        # The savepoints, the lock and the read go in the block's pipeline, after what
-        # was sent ahead: one round trip. A failed wait aborts the transaction and skips
+        # The savepoints, the lock and the read in one round trip: one simple query, or
+        # where statements were sent ahead and their answers are still to come, in the
+        # block's pipeline after them. A failed wait aborts the transaction and skips
         # the rest; the caller's ROLLBACK TO the lock's savepoint repairs it.
-        deferral = conn.deferral
-        if not isinstance(deferral, PipelineDeferral):
-            return super().enter_nested(conn, savepoint, key, timeout, read)
-        statements: list[tuple[str, Any, bool]] = [(f"SAVEPOINT {savepoint}", None, False)]
+        head = [f"SAVEPOINT {savepoint}"]
         if key is not None:
             if timeout == 0:
-                lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"
+                head.append(f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})")
             else:
-                lock = self._lock_sql(key, timeout)
-            statements += [
-                (lock, None, True),
-                (f"RELEASE SAVEPOINT {savepoint}", None, False),
-                (f"SAVEPOINT {savepoint}", None, False),
-            ]
-        if read is not None:
-            statements.append((read[0].sql, read[0].args(read[1]), True))
+                head.append(self._lock_sql(key, timeout))
+            head += [f"RELEASE SAVEPOINT {savepoint}", f"SAVEPOINT {savepoint}"]
+        deferral = conn.deferral
         try:
             with self._patient(conn, 0 if key is None else timeout):
-                rows = deferral.ask(statements)
+                if isinstance(deferral, PipelineDeferral) and deferral.sending:
+                    statements = [(sql, None, sql.startswith("SELECT")) for sql in head]
+                    if read is not None:
+                        statements.append((read[0].sql, read[0].args(read[1]), True))
+                    rows = deferral.ask(statements)
+                else:
+                    if deferral is not None:
+                        deferral.settle()  # nothing is waiting for an answer: no I/O
+                    if read is not None:
+                        head.append(_literal(conn, *read))
+                    rows = self._results(conn, "; ".join(head))
         except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(f"lock not acquired within {timeout}s") from exc
             raise
-        if key is not None and timeout == 0 and not rows[1][0]:
+        if key is not None and timeout == 0 and not (rows[1] or (False,))[0]:
             raise LockTimeoutError("lock is held by another session (timeout=0)")
         found = rows[-1] if read is not None else None
         return None if found is None or read is None else read[0].convert(found)
+
+    @staticmethod
+    def _results(conn: PooledConnection, sql: str) -> list[Any]:
+        """The first row of each result of ``sql`` (``None`` where it has none): one round trip."""
+        cursor = conn.dbapi.cursor()
+        try:
+            conn.run_on(cursor, sql)
+            rows = []
+            while True:
+                rows.append(None if cursor.description is None else cursor.fetchone())
+                if not cursor.nextset():
+                    return rows
+        finally:
+            cursor.close()
 
     @staticmethod
     def _first_row(conn: PooledConnection, sql: str) -> Sequence[Any]:
