@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
+from types import TracebackType
 from typing import Any, TypeVar
 
 import sqlalchemy
@@ -331,7 +332,7 @@ class Database:
 
     # -- lock blocks -----------------------------------------------------------------
 
-    def lock_block(self, key: bytes, timeout: float, label: str) -> AbstractContextManager[None]:
+    def lock_block(self, key: bytes, timeout: float, label: object) -> AbstractContextManager[None]:
         """Hold the lock ``key`` for the block, which is one transaction.
 
         The caller's calls inside join the transaction; a block inside another is a
@@ -342,59 +343,76 @@ class Database:
             timeout: Seconds the whole acquisition may take (pool wait and connecting
                 included); 0 tries once; negative or ``inf`` waits as long as the
                 database allows.
-            label: How to name the lock in an error message.
+            label: What names the lock in an error message (its ``repr`` is shown).
 
         Raises:
             LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
             DatabaseError: the database failed; nothing of the block is committed.
         """
-        block = blocks.current(self)
+        block = blocks.current(self) if blocks.anywhere() else None
         if block is None:
-            return self._outer(key, timeout)
+            return _OuterBlock(self, key, timeout)
         if key in block.active:
-            raise LockTimeoutError(f"{label} is already locked by this caller")
+            raise LockTimeoutError(f"{label!r} is already locked by this caller")
         return self._nested(block, key, timeout)
 
-    @contextmanager
-    def _outer(self, key: bytes, timeout: float) -> Iterator[None]:
-        wait = timeout_seconds(timeout)
-        unbounded = wait != timeout
-        at = None if unbounded else time.monotonic() + wait
-
-        def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
-            left = timeout if at is None else max(0.0, at - time.monotonic())
-            witness = self.strategy.begin_locked(conn, key, left)
-            # From here the block's writes travel ahead of the answers (if the dialect can).
-            conn.deferral = conn.new_deferral(begin=False)
-            return conn, witness
-
-        # Nothing has happened yet, so a connection that turns out dead (the server
-        # restarted) is retried like any single statement.
-        bounded = pooling.set_deadline(at)
-        try:
-            conn, witness = self._attempts(begin, keep_open=True, acquiring=True)
-        finally:
-            pooling.reset_deadline(bounded)
-        block = Block(conn, {key}, {key}, witness=witness)
-        conn.in_block = True
-        try:
-            entered = blocks.enter(self, block)
+    def _begin_block(self, key: bytes, timeout: float) -> Block:
+        """Take a connection, open the block's transaction and its lock; the open block."""
+        strategy = self.strategy
+        start = time.monotonic()
+        # A connection an earlier call parked, the schema checked: no pool wait and no
+        # connecting, so no deadline to set (the common case, written out for speed).
+        engine = self.engine
+        parked = getattr(engine.pool, "parked", None)
+        conn: PooledConnection | None = None
+        failed: tuple[PooledConnection, BaseException] | None = None
+        if parked and self._schema_ok:
             try:
-                yield
+                conn = parked.pop()
+            except IndexError:
+                conn = None
+        if conn is not None:
+            if engine._has_events or observing.wanted(engine):
+                conn.observer = self._observer(conn)
+            elif conn.observer is not None:
+                conn.observer = None
+            try:
+                witness = strategy.begin_locked(conn, key, timeout)
+                # From here the block's writes travel ahead of the answers (if the
+                # dialect can).
+                conn.deferral = conn.new_deferral(begin=False)
             except BaseException as exc:
-                blocks.leave(entered)
-                self._roll_back(block, exc)
-                raise
-            blocks.leave(entered)
-            self._end(block, commit=True)
-        finally:
-            block.done = True  # a context copied inside the block may outlive it
-            if block.inherited:
-                forking.keep(conn.raw)
-                conn.abandon()
-            else:
-                conn.in_block = False
-                self.release(conn)
+                failed = (conn, exc)
+        if conn is None or failed is not None:
+            wait = timeout_seconds(timeout)
+            at = None if wait != timeout else start + wait
+
+            def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
+                left = timeout if at is None else max(0.0, at - time.monotonic())
+                witness = strategy.begin_locked(conn, key, left)
+                conn.deferral = conn.new_deferral(begin=False)
+                return conn, witness
+
+            # Nothing has happened yet, so a connection that turns out dead (the server
+            # restarted) is retried like any single statement.
+            bounded = pooling.set_deadline(at)
+            try:
+                conn, witness = self._attempts(begin, keep_open=True, acquiring=True, failed=failed)
+            finally:
+                pooling.reset_deadline(bounded)
+        conn.in_block = True
+        return Block(conn, {key}, {key}, witness=witness)
+
+    def _close_block(self, block: Block) -> None:
+        """Give the block's connection back (a forked child lets go of it untouched)."""
+        block.done = True  # a context copied inside the block may outlive it
+        conn = block.conn
+        if block.inherited:
+            forking.keep(conn.raw)
+            conn.abandon()
+        else:
+            conn.in_block = False
+            self.release(conn)
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn
@@ -675,6 +693,43 @@ class Database:
         # The parent's pool and connections stay referenced, never closed, here.
         forking.keep(self.engine.pool)
         self.engine.dispose(close=False)
+
+
+class _OuterBlock:
+    """The context manager of an outermost lock block (a class: it runs on every lock)."""
+
+    __slots__ = ("_block", "_db", "_entered", "_key", "_timeout")
+
+    def __init__(self, db: Database, key: bytes, timeout: float) -> None:
+        self._db = db
+        self._key = key
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        db = self._db
+        block = self._block = db._begin_block(self._key, self._timeout)
+        try:
+            self._entered = blocks.enter(db, block)
+        except BaseException:
+            db._roll_back(block, RuntimeError("the lock block was not entered"))
+            db._close_block(block)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        db, block = self._db, self._block
+        try:
+            blocks.leave(self._entered)
+            if exc is None:
+                db._end(block, commit=True)
+            else:
+                db._roll_back(block, exc)
+        finally:
+            db._close_block(block)
 
 
 def _unwrap(exc: Exception) -> tuple[Exception, str | None]:
