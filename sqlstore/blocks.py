@@ -17,13 +17,13 @@ the block is over (:attr:`Block.done`), so its calls run on their own too.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from . import forking
 
 if TYPE_CHECKING:
     from .connection import PooledConnection
@@ -43,9 +43,10 @@ def owner() -> Owner:
     return threading.get_ident(), None if loop is None else asyncio.current_task(loop)
 
 
-@dataclass(eq=False)
 class Block:
     """An open lock block: its connection (and transaction), and what it holds.
+
+    A plain class with slots, not a dataclass: one is made on every lock.
 
     Attributes:
         conn: The connection carrying the block's transaction.
@@ -55,7 +56,9 @@ class Block:
             not yet left): only these count as already locked by the caller.
         depth: How many blocks are nested inside the outermost one.
         owner: The thread and task that opened it.
-        pid: The process that opened it.
+        generation: The fork generation of the process that opened it
+            (:data:`sqlstore.forking.generation`; cheaper to compare than a pid, which
+            is a system call each time).
         when_done: Callbacks to run once the block has committed or rolled back.
         failed: The error of a statement that failed in the block, if one did: the
             block then rolls back when it ends, whatever the caller made of the error.
@@ -64,21 +67,42 @@ class Block:
         done: Whether the block has ended (a copied context may still hold it).
     """
 
-    conn: PooledConnection
-    held: set[bytes]
-    active: set[bytes]
-    depth: int = 0
-    owner: Owner = field(default_factory=owner)
-    pid: int = field(default_factory=os.getpid)
-    when_done: list[Callable[[], None]] = field(default_factory=list)
-    failed: Exception | None = None
-    witness: object = None
-    done: bool = False
+    __slots__ = (
+        "active",
+        "conn",
+        "depth",
+        "done",
+        "failed",
+        "generation",
+        "held",
+        "owner",
+        "when_done",
+        "witness",
+    )
+
+    def __init__(
+        self,
+        conn: PooledConnection,
+        held: set[bytes],
+        active: set[bytes],
+        *,
+        witness: object = None,
+    ) -> None:
+        self.conn = conn
+        self.held = held
+        self.active = active
+        self.depth = 0
+        self.owner: Owner = owner()
+        self.generation = forking.generation
+        self.when_done: list[Callable[[], None]] = []
+        self.failed: Exception | None = None
+        self.witness = witness
+        self.done = False
 
     @property
     def inherited(self) -> bool:
         """Whether this process only inherited the block across a fork."""
-        return self.pid != os.getpid()
+        return self.generation != forking.generation
 
 
 def anywhere() -> bool:

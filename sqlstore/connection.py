@@ -71,6 +71,7 @@ class PooledConnection:
         "observer",
         "pool",
         "raw",
+        "spare",
         "statements",
         "statements_left",
     )
@@ -87,6 +88,9 @@ class PooledConnection:
         self.closed = False
         self.in_block = False
         self.deferral: Deferral | None = None
+        #: A dialect's deferral kept for the next block on this connection (it holds no
+        #: state between blocks), so a block does not make one.
+        self.spare: Deferral | None = None
         self.observer: Connection | None = None
         self.pool: pooling.BoundedQueuePool | None = None
         self.statements_left = 0
@@ -270,6 +274,60 @@ class PooledConnection:
             return None if row is None else row[0]
         finally:
             cursor.close()
+
+    def command(self, sql: str) -> None:
+        """Run literal SQL with no parameters and no result wanted (``COMMIT``, say).
+
+        The cheapest way there is: the connection's kept cursor, else a cursor of the
+        driver's own, observed if need be.
+        """
+        if self.deferral is not None:
+            self.deferral.settle()
+        if self.observer is None:
+            kept = self._kept
+            if kept is not None:
+                try:
+                    kept.execute(sql)
+                except BaseException:
+                    self._drop_kept()
+                    raise
+                return
+            if self._strategy.connection_executes:
+                self._dbapi.execute(sql)  # the driver makes and ends the cursor, in C
+                return
+        cursor = self._dbapi.cursor()
+        try:
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, sql, None)
+            else:
+                cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    def first_of_last(self, sql: str, statements: int) -> Sequence[Any]:
+        """The first row of the last result of ``sql``: statements sent in one round trip.
+
+        For literal SQL with no parameters (every value in it made by sqlstore).
+
+        Args:
+            sql: The statements.
+            statements: How many statements ``sql`` holds.
+        """
+        kept = self._kept
+        cursor = kept if kept is not None and self.observer is None else self._dbapi.cursor()
+        try:
+            self.run_on(cursor, sql)
+            for _ in range(statements - 1):
+                cursor.nextset()
+            row: Sequence[Any] = cursor.fetchone()
+        except BaseException:
+            if cursor is kept:
+                self._drop_kept()
+            raise
+        finally:
+            if cursor is not kept:
+                cursor.close()
+        return row
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

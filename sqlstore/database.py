@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from .dialects.base import Read
 
 T = TypeVar("T")
+#: Opens a lock block's transaction and takes its lock: (connection, key, timeout) -> witness.
+_Opener = Callable[[PooledConnection, bytes, float], object]
 
 #: Attempts for work outside a lock block that fails transiently.
 RETRY_ATTEMPTS = 4
@@ -338,7 +341,7 @@ class Database:
         self,
         key: bytes,
         timeout: float,
-        label: str,
+        label: object,
         *,
         read: Read | None = None,
         release_late: bool = False,
@@ -353,7 +356,7 @@ class Database:
             timeout: Seconds the whole acquisition may take (pool wait and connecting
                 included); 0 tries once; negative or ``inf`` waits as long as the
                 database allows.
-            label: How to name the lock in an error message.
+            label: What names the lock in an error message (its ``repr`` is shown).
             read: A query run right after the lock is taken, in the same round trip
                 where the dialect can; the block's value is its first row (converted),
                 or ``None``. Without it the value is ``None``.
@@ -366,60 +369,78 @@ class Database:
             LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
             DatabaseError: the database failed; nothing of the block is committed.
         """
-        block = blocks.current(self)
+        block = blocks.current(self) if blocks.anywhere() else None
         if block is None:
-            return self._outer(key, timeout, read)
+            return (
+                _OuterBlock(self, key, timeout)
+                if read is None
+                else _ReadingBlock(self, key, timeout, read)
+            )
         if key in block.active:
-            raise LockTimeoutError(f"{label} is already locked by this caller")
+            raise LockTimeoutError(f"{label!r} is already locked by this caller")
         return self._nested(block, key, timeout, read, release_late)
 
-    @contextmanager
-    def _outer(
-        self, key: bytes, timeout: float, read: Read | None = None
-    ) -> Iterator[Sequence[Any] | None]:
-        wait = timeout_seconds(timeout)
-        unbounded = wait != timeout
-        at = None if unbounded else time.monotonic() + wait
-        row: Sequence[Any] | None = None
+    def _begin_block(self, key: bytes, timeout: float, opener: _Opener | None = None) -> Block:
+        """Take a connection, open the block's transaction and its lock; the open block.
 
-        def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
-            nonlocal row
-            left = timeout if at is None else max(0.0, at - time.monotonic())
-            if read is None:
-                witness = self.strategy.begin_locked(conn, key, left)
-            else:
-                witness, row = self.strategy.begin_locked_reading(conn, key, left, read)
-            # From here the block's writes travel ahead of the answers (if the dialect can).
-            conn.deferral = conn.new_deferral(begin=False)
-            return conn, witness
-
-        # Nothing has happened yet, so a connection that turns out dead (the server
-        # restarted) is retried like any single statement.
-        bounded = pooling.set_deadline(at)
-        try:
-            conn, witness = self._attempts(begin, keep_open=True, acquiring=True)
-        finally:
-            pooling.reset_deadline(bounded)
-        block = Block(conn, {key}, {key}, witness=witness)
-        conn.in_block = True
-        try:
-            entered = blocks.enter(self, block)
+        ``opener``: opens it instead of the strategy's ``begin_locked``.
+        """
+        strategy = self.strategy
+        begin_locked = strategy.begin_locked if opener is None else opener
+        start = time.monotonic()
+        # A connection an earlier call parked, the schema checked: no pool wait and no
+        # connecting, so no deadline to set (the common case, written out for speed).
+        engine = self.engine
+        parked = getattr(engine.pool, "parked", None)
+        conn: PooledConnection | None = None
+        failed: tuple[PooledConnection, BaseException] | None = None
+        if parked and self._schema_ok:
             try:
-                yield row
+                conn = parked.pop()
+            except IndexError:
+                conn = None
+        if conn is not None:
+            if engine._has_events or observing.wanted(engine):
+                conn.observer = self._observer(conn)
+            elif conn.observer is not None:
+                conn.observer = None
+            try:
+                witness = begin_locked(conn, key, timeout)
+                # From here the block's writes travel ahead of the answers (if the
+                # dialect can).
+                conn.deferral = conn.new_deferral(begin=False)
             except BaseException as exc:
-                blocks.leave(entered)
-                self._roll_back(block, exc)
-                raise
-            blocks.leave(entered)
-            self._end(block, commit=True)
-        finally:
-            block.done = True  # a context copied inside the block may outlive it
-            if block.inherited:
-                forking.keep(conn.raw)
-                conn.abandon()
-            else:
-                conn.in_block = False
-                self.release(conn)
+                failed = (conn, exc)
+        if conn is None or failed is not None:
+            wait = timeout_seconds(timeout)
+            at = None if wait != timeout else start + wait
+
+            def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
+                left = timeout if at is None else max(0.0, at - time.monotonic())
+                witness = begin_locked(conn, key, left)
+                conn.deferral = conn.new_deferral(begin=False)
+                return conn, witness
+
+            # Nothing has happened yet, so a connection that turns out dead (the server
+            # restarted) is retried like any single statement.
+            bounded = pooling.set_deadline(at)
+            try:
+                conn, witness = self._attempts(begin, keep_open=True, acquiring=True, failed=failed)
+            finally:
+                pooling.reset_deadline(bounded)
+        conn.in_block = True
+        return Block(conn, {key}, {key}, witness=witness)
+
+    def _close_block(self, block: Block) -> None:
+        """Give the block's connection back (a forked child lets go of it untouched)."""
+        block.done = True  # a context copied inside the block may outlive it
+        conn = block.conn
+        if block.inherited:
+            forking.keep(conn.raw)
+            conn.abandon()
+        else:
+            conn.in_block = False
+            self.release(conn)
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn
@@ -704,6 +725,70 @@ class Database:
         # The parent's pool and connections stay referenced, never closed, here.
         forking.keep(self.engine.pool)
         self.engine.dispose(close=False)
+
+
+class _OuterBlock:
+    """The context manager of an outermost lock block (a class: it runs on every lock)."""
+
+    __slots__ = ("_block", "_db", "_entered", "_key", "_timeout")
+
+    def __init__(self, db: Database, key: bytes, timeout: float) -> None:
+        self._db = db
+        self._key = key
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        db = self._db
+        block = self._block = db._begin_block(self._key, self._timeout)
+        try:
+            self._entered = blocks.enter(db, block)
+        except BaseException:
+            db._roll_back(block, RuntimeError("the lock block was not entered"))
+            db._close_block(block)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        db, block = self._db, self._block
+        try:
+            blocks.leave(self._entered)
+            if exc is None:
+                db._end(block, commit=True)
+            else:
+                db._roll_back(block, exc)
+        finally:
+            db._close_block(block)
+
+
+class _ReadingBlock(_OuterBlock):
+    """An outermost lock block whose value is a query's first row, read with its lock."""
+
+    __slots__ = ("_read", "_row")
+
+    def __init__(self, db: Database, key: bytes, timeout: float, read: Read) -> None:
+        super().__init__(db, key, timeout)
+        self._read = read
+        self._row: Sequence[Any] | None = None
+
+    def __enter__(self) -> Sequence[Any] | None:  # type: ignore[override]
+        db, read = self._db, self._read
+
+        def opener(conn: PooledConnection, key: bytes, timeout: float) -> object:
+            witness, self._row = db.strategy.begin_locked_reading(conn, key, timeout, read)
+            return witness
+
+        block = self._block = db._begin_block(self._key, self._timeout, opener)
+        try:
+            self._entered = blocks.enter(db, block)
+        except BaseException:
+            db._roll_back(block, RuntimeError("the lock block was not entered"))
+            db._close_block(block)
+            raise
+        return self._row
 
 
 def _unwrap(exc: Exception) -> tuple[Exception, str | None]:

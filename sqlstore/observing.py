@@ -14,7 +14,8 @@ it), the parameters a ``retval=True`` listener returns, and an ``ExceptionContex
 Whether to observe is decided once per call, when a connection is taken
 (:func:`wanted`): an engine with no connection event listener (``Engine._has_events``,
 which SQLAlchemy sets when one is added) and no statement logging costs one attribute
-test and one ``isEnabledFor``.
+test and one ``isEnabledFor``. Logging is wanted only where it was asked for (see
+:func:`wanted`), not where INFO is merely inherited.
 """
 
 from __future__ import annotations
@@ -26,10 +27,31 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine.base import ExceptionContextImpl
 from sqlalchemy.sql.util import _repr_params
 
+#: The loggers whose own level asks for statement logging (SQLAlchemy's documented way).
+_ENGINE_LOGGER = logging.getLogger("sqlalchemy.engine")
+_ENGINE_CLASS_LOGGER = logging.getLogger("sqlalchemy.engine.Engine")
+
 
 def wanted(engine: Engine) -> bool:
-    """Whether ``engine``'s statements are listened to or logged right now."""
-    return bool(engine._has_events) or engine.logger.isEnabledFor(logging.INFO)
+    """Whether ``engine``'s statements are listened to or logged right now.
+
+    Logged means asked for: ``echo=True`` on the engine, or a level of INFO or lower set
+    on the ``sqlalchemy.engine`` logger (or ``sqlalchemy.engine.Engine``) itself. A level
+    only inherited from ``sqlalchemy`` or the root logger is not enough: the OpenHands
+    SDK's logging set-up raises every logger that was at the root's level, ``sqlalchemy``
+    included, to INFO, which would otherwise log every statement of every call.
+    """
+    if engine._has_events:
+        return True
+    if not engine.logger.isEnabledFor(logging.INFO):
+        return False  # the common case, decided by the logger's cached answer
+    own = _ENGINE_LOGGER.level
+    own_class = _ENGINE_CLASS_LOGGER.level
+    return (
+        bool(engine.echo)
+        or logging.NOTSET < own <= logging.INFO
+        or logging.NOTSET < own_class <= logging.INFO
+    )
 
 
 class StatementContext:

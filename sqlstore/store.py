@@ -27,6 +27,9 @@ from .errors import FileTooLargeError
 from .readahead import ReadAhead
 from .statements import ancestor_names
 
+#: Lock keys a store remembers at most (it forgets them all when full).
+_LOCK_KEYS_MAX = 1024
+
 
 class SQLFileStore:
     """A file store for one namespace (typically one conversation) in a SQL database.
@@ -73,6 +76,8 @@ class SQLFileStore:
         # hashed once, and the ids of the few directories files are written in are kept.
         self._fid = paths.file_ids(self._namespace)
         self._lock_key = paths.file_ids(self._namespace, b"sqlstore-lock")
+        #: Lock keys by the path as given (most locks name a path locked before).
+        self._lock_keys: dict[str, bytes] = {}
         self._ancestors: dict[str, dict[str, bytes]] = {}
 
     @classmethod
@@ -448,13 +453,20 @@ class SQLFileStore:
             ValueError: ``path`` or ``timeout`` is invalid.
             DatabaseError: the database failed; the block's writes are rolled back.
         """
-        path_n = paths.normalize(path)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout:
+        key = self._lock_keys.get(path) if type(path) is str else None
+        if key is None:
+            key = self._lock_key(paths.normalize(path))
+            if len(self._lock_keys) >= _LOCK_KEYS_MAX:
+                self._lock_keys.clear()
+            self._lock_keys[path] = key
+        plain = (type(timeout) is float or type(timeout) is int) and timeout == timeout
+        if not plain and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout != timeout
+        ):
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
         # Its value is None: no query rides with the lock.
-        block = self._db.lock_block(self._lock_key(path_n), timeout, repr(path))
-        return cast(AbstractContextManager[None], block)
+        return cast(AbstractContextManager[None], self._db.lock_block(key, timeout, path))
 
     def _lock_reading(
         self, path: str, timeout: float, read: str, *, release_late: bool = False
@@ -472,7 +484,7 @@ class SQLFileStore:
         block = self._db.lock_block(
             self._lock_key(path_n),
             timeout,
-            repr(path),
+            path,
             read=(self._sql.read, params),
             release_late=release_late,
         )

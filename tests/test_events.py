@@ -170,6 +170,52 @@ def test_echo_logs_every_statement(
         engine.dispose()
 
 
+def test_the_engine_logger_at_info_logs_every_statement(
+    migrated_url: URL, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLAlchemy's documented switch: ``sqlalchemy.engine`` set to INFO, no ``echo``."""
+    engine = sqlstore.create_engine(migrated_url)
+    try:
+        store = sqlstore.SQLFileStore(engine, namespace)
+        store.write("f", "x")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sqlalchemy.engine"):
+            store.write("f", "logged")
+            assert store.read("f") == "logged"
+        logged = [r.getMessage() for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
+        assert len([m for m in logged if "sqlstore_files" in m]) == 2
+        store.delete("")
+    finally:
+        engine.dispose()
+
+
+def test_inherited_info_logs_nothing(
+    migrated_url: URL, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """INFO only inherited (the OpenHands SDK raises ``sqlalchemy`` and the root to INFO)
+    logs no statement and keeps the plain path: that logging set-up would otherwise log
+    every statement of every call."""
+    engine = sqlstore.create_engine(migrated_url)
+    parent = logging.getLogger("sqlalchemy")
+    before = parent.level
+    try:
+        store = sqlstore.SQLFileStore(engine, namespace)
+        store.write("f", "x")
+        caplog.clear()
+        parent.setLevel(logging.INFO)
+        with caplog.at_level(logging.INFO):  # the root logger
+            assert engine.logger.isEnabledFor(logging.INFO)  # plain SQLAlchemy would log
+            store.write("f", "quiet")
+            assert store.read("f") == "quiet"
+            with store.lock("l"):
+                store.write("g", "in a block")
+        assert not [r for r in caplog.records if r.name.startswith("sqlalchemy.engine")]
+        store.delete("")
+    finally:
+        parent.setLevel(before)
+        engine.dispose()
+
+
 def test_no_listener_no_observer(fresh_engine: sa.Engine, namespace: str) -> None:
     """Without listeners or logging, statements go straight to the driver's cursor."""
     store = sqlstore.SQLFileStore(fresh_engine, namespace)

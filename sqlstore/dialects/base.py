@@ -73,6 +73,9 @@ class DialectStrategy(ABC):
     #: Whether a connection keeps one cursor for its plain statements (where the driver
     #: makes cursors in Python and a cursor holds no server state once fetched).
     reuses_cursors: ClassVar[bool] = False
+    #: Whether the driver's connection runs a statement itself (``execute``, making and
+    #: ending its cursor in C, as ``sqlite3`` does): the cheapest way to send ``COMMIT``.
+    connection_executes: ClassVar[bool] = False
 
     # -- engines and connections ---------------------------------------------------
 

@@ -57,6 +57,10 @@ _MIN_CONNECT_TIMEOUT = 2
 _CANCEL_TIMEOUT = 5.0
 #: Seconds between two looks at such a block's transaction status.
 _STATUS_POLL = 0.05
+#: The statements that open a lock block, by lock key and timeout (most blocks lock a
+#: path locked before: the SDK's event log); emptied when it holds this many.
+_BEGIN_SQL_MAX = 4096
+_begin_sql: dict[tuple[bytes, float], str] = {}
 
 
 def advisory_key(key: bytes) -> int:
@@ -204,6 +208,13 @@ class PipelineDeferral(Deferral):
         self._leave(detach=False)
 
     def commit(self, then: Sequence[str] = ()) -> None:
+        if self._mode is None:
+            # Nothing was sent ahead: a plain COMMIT on the kept cursor (most blocks
+            # that only read, and every lock and unlock).
+            self._leave()
+            for sql in ("COMMIT", *then):
+                self._conn.command(sql)
+            return
         try:
             for sql in ("COMMIT", *then):
                 self._conn.dbapi.execute(sql)
@@ -388,17 +399,25 @@ class PostgreSQLStrategy(DialectStrategy):
         # BEGIN, the lock and the transaction's id in one round trip: with no parameters
         # the driver sends the statements at once (every value is one we made). The id
         # tells later whether a COMMIT that went unanswered landed (commit_outcome).
-        witness = ", pg_current_xact_id()::text"
         try:
             if timeout == 0:
-                got, xid = self._first_row(
-                    conn, f"BEGIN; SELECT pg_try_advisory_xact_lock({advisory_key(key)}){witness}"
+                got, xid = conn.first_of_last(
+                    f"BEGIN; SELECT pg_try_advisory_xact_lock({advisory_key(key)}),"
+                    " pg_current_xact_id()::text",
+                    2,
                 )
                 if not got:
                     raise LockTimeoutError("lock is held by another session (timeout=0)")
                 return xid
-            with self._patient(conn, timeout):
-                _, _, xid = self._first_row(conn, f"BEGIN; {self._lock_sql(key, timeout)}{witness}")
+            # The lock wait may take the whole timeout in the server (inlined
+            # _patient: this runs on every lock).
+            dbapi = conn.dbapi
+            base = getattr(dbapi, "read_timeout", None)
+            dbapi.read_timeout = self.timeouts.read + timeout_seconds(timeout)
+            try:
+                _, _, xid = conn.first_of_last(self._begin_locked_sql(key, timeout), 2)
+            finally:
+                dbapi.read_timeout = base
             return xid
         except BaseException as exc:
             conn.rollback_quietly()
@@ -488,22 +507,14 @@ class PostgreSQLStrategy(DialectStrategy):
         finally:
             cursor.close()
 
-    @staticmethod
-    def _first_row(conn: PooledConnection, sql: str) -> Sequence[Any]:
-        """The first row of the last result of ``sql`` (statements sent in one round trip)."""
-        cursor = conn.dbapi.cursor()
-        try:
-            conn.run_on(cursor, sql)
-            while cursor.nextset():
-                pass
-            row: Sequence[Any] = cursor.fetchone()
-            return row
-        finally:
-            cursor.close()
-
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
         # Lock blocks only: every other transaction here is a single statement.
-        return None if begin else PipelineDeferral(conn)
+        if begin:
+            return None
+        spare = conn.spare
+        if spare is None:
+            spare = conn.spare = PipelineDeferral(conn)
+        return spare
 
     def commit_outcome(
         self, witness: object, ask: Callable[[str, Sequence[Any]], Any]
@@ -549,6 +560,16 @@ class PostgreSQLStrategy(DialectStrategy):
     def _patient(self, conn: PooledConnection, wait: float) -> AbstractContextManager[None]:
         """Let one statement that waits ``wait`` seconds in the server take that much longer."""
         return self.read_timeout(conn.dbapi, self.timeouts.read + timeout_seconds(wait))
+
+    def _begin_locked_sql(self, key: bytes, timeout: float) -> str:
+        """``BEGIN``, the lock and the transaction's id (made once per key and timeout)."""
+        made = _begin_sql.get((key, timeout))
+        if made is None:
+            if len(_begin_sql) >= _BEGIN_SQL_MAX:
+                _begin_sql.clear()
+            made = f"BEGIN; {self._lock_sql(key, timeout)}, pg_current_xact_id()::text"
+            _begin_sql[key, timeout] = made
+        return made
 
     @classmethod
     def _lock_sql(cls, key: bytes, timeout: float) -> str:

@@ -7,7 +7,7 @@ lock block and every write on that file, whatever its path. Readers never wait (
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Self
@@ -49,6 +49,7 @@ class SQLiteStrategy(DialectStrategy):
 
     names = ("sqlite",)
     max_content_size = 1_000_000_000  # SQLITE_MAX_LENGTH's default
+    connection_executes = True
     insert = staticmethod(insert)
 
     def __init__(self, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
@@ -136,7 +137,7 @@ class SQLiteStrategy(DialectStrategy):
 
     def _begin_immediate(self, conn: PooledConnection, timeout: float) -> None:
         try:
-            conn.sql("BEGIN IMMEDIATE")
+            conn.command("BEGIN IMMEDIATE")
         except Exception as exc:
             if self.is_busy(exc):
                 raise LockTimeoutError(
@@ -152,6 +153,9 @@ class SQLiteStrategy(DialectStrategy):
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         """The transaction already holds the database's only write lock."""
+
+    def end(self, conn: PooledConnection, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
+        conn.command("COMMIT" if commit else "ROLLBACK")
 
     def is_transient(self, exc: BaseException) -> bool:
         return False
