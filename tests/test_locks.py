@@ -659,3 +659,25 @@ def test_a_late_released_nested_block(store: SQLFileStore) -> None:
             store.write("f/g", "below a file")
         store.write("h", "6")
     assert store.list("") == ["a", "c", "d", "f"]
+
+
+def test_a_reading_lock_on_an_observed_engine(migrated_url: URL, namespace: str) -> None:
+    """With statement listeners the read still rides with the lock, and is seen by them."""
+    engine = sqlstore.create_engine(migrated_url)
+    seen: list[str] = []
+    sa.event.listen(
+        engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: seen.append(sql)
+    )
+    try:
+        store = SQLFileStore(engine, namespace)
+        store.write("record", "v1")
+        seen.clear()
+        with store._lock_reading("r.lock", 5, "record") as content:
+            assert content == b"v1"
+            with store._lock_reading("n.lock", 5, "record", release_late=True) as inner:
+                assert inner == b"v1"
+                store.write("record", "v2")
+        assert store.read("record") == "v2"
+        assert sum("sqlstore_files.content" in sql for sql in seen) >= 2, seen
+    finally:
+        engine.dispose()
