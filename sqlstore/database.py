@@ -404,7 +404,7 @@ class Database:
         """Give the block's connection back (a forked child lets go of it untouched)."""
         block.done = True  # a context copied inside the block may outlive it
         conn = block.conn
-        if block.inherited:
+        if block.generation != forking.generation:  # Block.inherited, written out
             forking.keep(conn.raw)
             conn.abandon()
         else:
@@ -413,7 +413,7 @@ class Database:
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn
-        if block.inherited:
+        if block.generation != forking.generation:  # Block.inherited, written out
             return  # a forked child never ends its parent's transaction
         try:
             if conn.closed:
