@@ -17,9 +17,9 @@ the block is over (:attr:`Block.done`), so its calls run on their own too.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
+from threading import get_ident
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -40,7 +40,7 @@ def owner() -> Owner:
     # _get_running_loop answers None where no loop runs, without the cost of an
     # exception (asyncio.current_task raises then); this runs on every lock.
     loop = asyncio._get_running_loop()
-    return threading.get_ident(), None if loop is None else asyncio.current_task(loop)
+    return get_ident(), None if loop is None else asyncio.current_task(loop)
 
 
 class Block:
@@ -116,7 +116,11 @@ def current(database: object) -> Block | None:
     if not blocks:
         return None  # the common case: no block anywhere in this context
     block = blocks.get(database)
-    if block is None or block.done or block.inherited or block.owner != owner():
+    # owner() and Block.inherited written out: this runs on every call inside a block.
+    if block is None or block.done or block.generation != forking.generation:
+        return None
+    loop = asyncio._get_running_loop()
+    if block.owner != (get_ident(), None if loop is None else asyncio.current_task(loop)):
         return None
     return block
 

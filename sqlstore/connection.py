@@ -131,6 +131,12 @@ class PooledConnection:
                 self._drop_kept()
                 raise
             return
+        if self.observer is None and self._strategy.connection_executes:
+            try:
+                self._dbapi.execute(statement.sql, statement.args(params))
+            except Exception as exc:
+                raise StatementFailed(exc, label) from exc
+            return
         cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
             if self.observer is not None:

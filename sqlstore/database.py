@@ -113,10 +113,9 @@ class Database:
             LockTimeoutError: a lock wait inside ``work`` ran out.
             SchemaError: the schema is missing or at another revision.
         """
-        if blocks.anywhere():
-            block = blocks.current(self)
-            if block is not None:
-                return self._in_block(block, work)
+        block = blocks.current(self)  # None at once where no block is open (most calls)
+        if block is not None:
+            return self._in_block(block, work)
         # The plain call, written out for speed (it is most calls): a connection an
         # earlier call parked, the work, the connection parked again. Anything else
         # (none parked, the schema unchecked, a failure) goes the general way.
@@ -158,8 +157,6 @@ class Database:
 
     def when_block_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the caller's lock block commits or rolls back (if in one)."""
-        if not blocks.anywhere():
-            return
         block = blocks.current(self)
         if block is not None and callback not in block.when_done:
             block.when_done.append(callback)
@@ -435,7 +432,7 @@ class Database:
         """Give the block's connection back (a forked child lets go of it untouched)."""
         block.done = True  # a context copied inside the block may outlive it
         conn = block.conn
-        if block.inherited:
+        if block.generation != forking.generation:  # Block.inherited, written out
             forking.keep(conn.raw)
             conn.abandon()
         else:
@@ -444,7 +441,7 @@ class Database:
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn
-        if block.inherited:
+        if block.generation != forking.generation:  # Block.inherited, written out
             return  # a forked child never ends its parent's transaction
         try:
             if conn.closed:

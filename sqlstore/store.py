@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 from urllib.parse import quote
 
 from sqlalchemy import Engine
@@ -465,8 +465,8 @@ class SQLFileStore:
         ):
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
-        # Its value is None: no query rides with the lock.
-        return cast(AbstractContextManager[None], self._db.lock_block(key, timeout, path))
+        # Its value is None: no query rides with the lock (no cast: this runs on every lock).
+        return self._db.lock_block(key, timeout, path)  # type: ignore[return-value]
 
     def _lock_reading(
         self, path: str, timeout: float, read: str, *, release_late: bool = False

@@ -143,10 +143,11 @@ class PipelineDeferral(Deferral):
         self._sent: list[tuple[Any, str | None]] = []
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
+        dbapi = self._conn.dbapi
         if self._mode is None:
-            self._mode = self._conn.dbapi.pipeline()
+            self._mode = dbapi.pipeline()
             self._mode.__enter__()
-        cursor = self._conn.dbapi.cursor()
+        cursor = dbapi.cursor()
         self._sent.append((cursor, label))
         try:
             cursor.execute(statement.sql, statement.args(params))
@@ -227,19 +228,16 @@ class PipelineDeferral(Deferral):
 
     def _failed_label(self) -> str | None:
         """The label of the first statement sent ahead that did not succeed."""
-        from psycopg.pq import ExecStatus
-
+        failed = _statuses()[1]
         for cursor, label in self._sent:
             result = cursor.pgresult
-            if result is None or result.status == ExecStatus.FATAL_ERROR:
+            if result is None or result.status == failed:
                 return label
         return None
 
     def _aborted(self) -> bool:
         """Whether a statement sent ahead failed or was skipped after a failure."""
-        from psycopg.pq import ExecStatus
-
-        done = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+        done = _statuses()[0]
         for cursor, _ in self._sent:
             result = cursor.pgresult
             if result is None or result.status not in done:
@@ -281,6 +279,14 @@ class PipelineDeferral(Deferral):
             for cursor, _ in self._sent:
                 cursor.close()
             self._sent.clear()
+
+
+@cache
+def _statuses() -> tuple[tuple[Any, ...], Any]:
+    """Libpq's result statuses of a statement that succeeded, and of one that failed."""
+    from psycopg.pq import ExecStatus
+
+    return (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK), ExecStatus.FATAL_ERROR
 
 
 def _literal(conn: PooledConnection, statement: Statement, params: Params) -> str:
