@@ -60,6 +60,8 @@ _STATUS_POLL = 0.05
 #: The statements that open a lock block, by lock key and timeout (most blocks lock a
 #: path locked before: the SDK's event log); emptied when it holds this many.
 _BEGIN_SQL_MAX = 4096
+#: Cursors a connection keeps for statements sent ahead in its next lock blocks.
+_SPARE_CURSORS = 8
 _begin_sql: dict[tuple[bytes, float], str] = {}
 
 
@@ -141,13 +143,18 @@ class PipelineDeferral(Deferral):
         self._conn = conn
         self._mode: Any = None
         self._sent: list[tuple[Any, str | None]] = []
+        #: Cursors of earlier blocks on this connection, for the next statements sent
+        #: ahead (psycopg makes cursors in Python: one per statement cost more than
+        #: sending it).
+        self._cursors: list[Any] = []
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
         dbapi = self._conn.dbapi
         if self._mode is None:
             self._mode = dbapi.pipeline()
             self._mode.__enter__()
-        cursor = dbapi.cursor()
+        cursors = self._cursors
+        cursor = cursors.pop() if cursors else dbapi.cursor()
         self._sent.append((cursor, label))
         try:
             cursor.execute(statement.sql, statement.args(params))
@@ -273,11 +280,16 @@ class PipelineDeferral(Deferral):
             # psycopg records it as prepared, and every later run of it on this
             # connection would fail ("prepared statement does not exist"). So psycopg
             # forgets what it prepared here (it deallocates all with its next statement).
-            if self._aborted():
+            aborted = self._aborted()
+            if aborted:
                 _forget_prepared(self._conn.dbapi)
             self._mode = None
+            keep = not aborted and not self._conn.closed
             for cursor, _ in self._sent:
-                cursor.close()
+                if keep and len(self._cursors) < _SPARE_CURSORS:
+                    self._cursors.append(cursor)
+                else:
+                    cursor.close()
             self._sent.clear()
 
 
