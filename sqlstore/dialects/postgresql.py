@@ -185,10 +185,11 @@ class PipelineDeferral(Deferral):
         if self._mode is None:
             self._mode = self._conn.dbapi.pipeline()
             self._mode.__enter__()
+        dbapi, spare = self._conn.dbapi, self._cursors
         cursors = []
         try:
             for sql, params, returns_rows in statements:
-                cursor = self._conn.dbapi.cursor()
+                cursor = spare.pop() if spare else dbapi.cursor()
                 self._sent.append((cursor, None))
                 cursor.execute(sql, params)
                 cursors.append((cursor, returns_rows))
