@@ -223,9 +223,7 @@ class Statements:
         # Read as truth values only: typed Integer (the SQL is the same), their rows need
         # no conversion (SQLite's and MySQL's booleans would be converted in Python).
         self.exists = compile_(
-            select(
-                type_coerce(or_(exists().where(by_id), exists().where(_ns, _in_range)), Integer)
-            )
+            select(type_coerce(or_(exists().where(by_id), exists().where(_ns, _in_range)), Integer))
         )
         self.is_dir = compile_(select(type_coerce(exists().where(_ns, _in_range), Integer)))
 
