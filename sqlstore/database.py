@@ -151,15 +151,26 @@ class Database:
             conn.close()
         return result
 
+    def run_write(self, work: Callable[[PooledConnection], T], when_done: Callable[[], None]) -> T:
+        """:meth:`run` for a change: ``when_done`` runs when the caller's lock block ends.
+
+        Args:
+            work: As for :meth:`run`.
+            when_done: Called once the caller's lock block commits or rolls back (if the
+                call is made in one; once per block however often it is given).
+        """
+        block = blocks.current(self)
+        if block is None:
+            return self.run(work)
+        result = self._in_block(block, work)
+        callbacks = block.when_done
+        if when_done not in callbacks:
+            callbacks.append(when_done)
+        return result
+
     def block(self) -> Block | None:
         """The caller's open lock block on this engine, if any."""
         return blocks.current(self) if blocks.anywhere() else None
-
-    def when_block_done(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the caller's lock block commits or rolls back (if in one)."""
-        block = blocks.current(self)
-        if block is not None and callback not in block.when_done:
-            block.when_done.append(callback)
 
     def _in_block(self, block: Block, work: Callable[[PooledConnection], T]) -> T:
         conn = block.conn

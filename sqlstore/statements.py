@@ -32,6 +32,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    type_coerce,
     union_all,
 )
 from sqlalchemy import cast as sql_cast
@@ -221,8 +222,12 @@ class Statements:
             ahead.where(_f.name <= bindparam("name")).order_by(_f.name.desc())
         )
         self.read_ahead_up = compile_(ahead.where(_f.name >= bindparam("name")).order_by(_f.name))
-        self.exists = compile_(select(or_(exists().where(by_id), exists().where(_ns, _in_range))))
-        self.is_dir = compile_(select(exists().where(_ns, _in_range)))
+        # Read as truth values only: typed Integer (the SQL is the same), their rows need
+        # no conversion (SQLite's and MySQL's booleans would be converted in Python).
+        self.exists = compile_(
+            select(type_coerce(or_(exists().where(by_id), exists().where(_ns, _in_range)), Integer))
+        )
+        self.is_dir = compile_(select(type_coerce(exists().where(_ns, _in_range), Integer)))
 
         # -- list: direct files, the path itself as a file, the first subdirectory --
         kind = literal_column

@@ -68,6 +68,11 @@ class SQLFileStore:
     ) -> None:
         self._namespace = paths.check_namespace(namespace)
         self._ahead = ReadAhead(read_ahead, read_ahead_max_age)
+        # A write or delete drops what was read ahead before it. Inside a lock block the
+        # change becomes visible to others only at the commit, and a batch may be read
+        # ahead from the old state until then: it is dropped again when the block ends
+        # (bound once, for that).
+        self._invalidate = self._ahead.invalidate
         self._db: Database = database_for(engine)
         self._engine = engine
         self._sql = self._db.statements
@@ -201,8 +206,8 @@ class SQLFileStore:
                     chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}
                     conn.defer(sql.insert_chunk, chunk, path)
 
-        self._db.run(run)
-        self._written()
+        self._db.run_write(run, self._invalidate)
+        self._ahead.invalidate()
 
     def _ancestor_params(self, parent: str) -> dict[str, bytes]:
         """The write's parameters ``a0``... : file ids of ``parent`` and the dirs above it."""
@@ -409,8 +414,8 @@ class SQLFileStore:
                 "high": low + paths.AFTER_SEP,
             }
             delete = sql.delete_path
-        self._db.run(lambda conn: conn.defer(delete, params, path))
-        self._written()
+        self._db.run_write(lambda conn: conn.defer(delete, params, path), self._invalidate)
+        self._ahead.invalidate()
 
     def get_absolute_path(self, path: str) -> str:
         """A stable identifier for ``path``, e.g. ``sqlstore+postgresql://host/db/ns/path``.
@@ -529,17 +534,6 @@ class SQLFileStore:
         query = self._sql.is_dir
         row = self._db.run(lambda conn: conn.first(query, params))
         return bool(row and row[0])
-
-    def _written(self) -> None:
-        """This store changed something: nothing read ahead before it may be served.
-
-        Inside a lock block the change becomes visible to others only at the commit,
-        and a batch may be read ahead from the old state until then: drop it again
-        when the block ends.
-        """
-        ahead = self._ahead
-        ahead.invalidate()
-        self._db.when_block_done(ahead.invalidate)
 
 
 def _as_bytes(contents: object) -> bytes:
