@@ -330,7 +330,9 @@ class PooledConnection:
         finally:
             cursor.close()
 
-    def first_of_last(self, sql: str, statements: int) -> Sequence[Any]:
+    def first_of_last(
+        self, sql: str, statements: int, wire_column: int | None = None
+    ) -> Sequence[Any]:
         """The first row of the last result of ``sql``: statements sent in one round trip.
 
         For literal SQL with no parameters (every value in it made by sqlstore).
@@ -338,6 +340,8 @@ class PooledConnection:
         Args:
             sql: The statements.
             statements: How many statements ``sql`` holds.
+            wire_column: Only this column, as the server sent it (bytes; psycopg's
+                ``pgresult``): a one-tuple, without the cost of making the row.
         """
         kept = self._kept
         cursor = kept if kept is not None and self.observer is None else self._dbapi.cursor()
@@ -345,7 +349,12 @@ class PooledConnection:
             self.run_on(cursor, sql)
             for _ in range(statements - 1):
                 cursor.nextset()
-            row: Sequence[Any] = cursor.fetchone()
+            row: Sequence[Any]
+            if wire_column is None:
+                row = cursor.fetchone()
+            else:
+                result = cursor.pgresult
+                row = (None if result is None else result.get_value(0, wire_column),)
         except BaseException:
             if cursor is kept:
                 self._drop_kept()

@@ -220,9 +220,12 @@ class PipelineDeferral(Deferral):
         if self._mode is None:
             # Nothing was sent ahead: a plain COMMIT on the kept cursor (most blocks
             # that only read, and every lock and unlock).
-            self._leave()
-            for sql in ("COMMIT", *then):
-                self._conn.command(sql)
+            conn = self._conn
+            if conn.deferral is self:
+                conn.deferral = None
+            conn.command("COMMIT")
+            for sql in then:
+                conn.command(sql)
             return
         try:
             for sql in ("COMMIT", *then):
@@ -434,7 +437,9 @@ class PostgreSQLStrategy(DialectStrategy):
             base = getattr(dbapi, "read_timeout", None)
             dbapi.read_timeout = self.timeouts.read + timeout_seconds(timeout)
             try:
-                _, _, xid = conn.first_of_last(self._begin_locked_sql(key, timeout), 2)
+                (xid,) = conn.first_of_last(self._begin_locked_sql(key, timeout), 2, 2)
+                if xid is not None:
+                    xid = bytes(xid).decode()
             finally:
                 dbapi.read_timeout = base
             return xid
