@@ -16,9 +16,10 @@ from sqlalchemy import (
     Select,
     Table,
     TextClause,
+    cast,
     func,
 )
-from sqlalchemy.dialects.mysql import insert
+from sqlalchemy.dialects.mysql import CHAR, insert
 
 from ..deferral import Deferral, Params, StatementFailed
 from ..errors import DatabaseError, LockTimeoutError
@@ -71,6 +72,11 @@ def _ending_connection() -> Any:
     write waited out the timeout (on a row lock, say) would commit after the caller was
     told it failed. ``KILL`` from a second connection ends the session first, and its
     transaction rolls back.
+
+    Every answer read after connecting is read by one of the two methods wrapped here
+    (a statement's results, ``next_result`` included; an OK packet: ``COMMIT()``,
+    ``ping``, autocommit). They run once per answer, where PyMySQL's ``_read_bytes``
+    runs twice per packet: twice per row of a result.
     """
     import pymysql
 
@@ -78,14 +84,26 @@ def _ending_connection() -> Any:
         #: Connect parameters for the second connection; set by sqlstore.
         kill_params: dict[str, Any] | None = None
 
-        def _read_bytes(self, num_bytes: int) -> bytes:
+        def _read_query_result(self, unbuffered: bool = False) -> int:
             try:
-                data: bytes = super()._read_bytes(num_bytes)
+                found: int = super()._read_query_result(unbuffered)
             except pymysql.err.OperationalError as exc:
-                if self.kill_params is not None and isinstance(exc.__context__, TimeoutError):
-                    _kill(self.kill_params, self.server_thread_id[0])
+                self._timed_out(exc)
                 raise
-            return data
+            return found
+
+        def _read_ok_packet(self) -> Any:
+            try:
+                return super()._read_ok_packet()
+            except pymysql.err.OperationalError as exc:
+                self._timed_out(exc)
+                raise
+
+        def _timed_out(self, exc: BaseException) -> None:
+            # PyMySQL raises its socket's TimeoutError as "lost connection", from
+            # inside the handler: the timeout is the error's context.
+            if self.kill_params is not None and isinstance(exc.__context__, TimeoutError):
+                _kill(self.kill_params, self.server_thread_id[0])
 
     return EndingConnection
 
@@ -177,6 +195,10 @@ class MySQLStrategy(DialectStrategy):
     max_content_size = 1 << 30
     insert = staticmethod(insert)
     partitionable = True
+    # PyMySQL's cursors are Python objects (made, then closed by draining their
+    # results: a dozen calls), and its default cursor reads a result whole: once
+    # fetched, it holds nothing on the server.
+    reuses_cursors = True
 
     def connect_params(self, cparams: dict[str, Any], connect: float, read: float) -> None:
         cparams["connect_timeout"] = min(
@@ -188,6 +210,10 @@ class MySQLStrategy(DialectStrategy):
         # COMMIT, in one round trip (see BatchDeferral). PyMySQL escapes every value
         # client-side, as it always does, so no value can end a statement.
         cparams["client_flag"] = int(cparams.get("client_flag", 0)) | _MULTI_STATEMENTS
+        # Names come back as utf8mb4 text (see name_as_text): a connection in another
+        # character set would have the server convert them, and lose what it cannot
+        # represent. sqlstore sends every other value as bytes.
+        cparams["charset"] = "utf8mb4"
 
     def connect(self, dialect: Any, cargs: list[Any], cparams: dict[str, Any], read: float) -> Any:
         # PyMySQL's connect timeout covers the TCP connect only; waiting for the
@@ -235,6 +261,14 @@ class MySQLStrategy(DialectStrategy):
     def utc_now(self) -> ColumnElement[Any]:
         # NOW() follows the session's time zone; DATETIME columns keep no zone.
         return func.utc_timestamp()
+
+    def name_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        # Names are stored as VARBINARY (see BytewiseString), which PyMySQL returns as
+        # bytes; decoding them in Python cost a call or two per row of a listing.
+        # Cast to text in the query, PyMySQL decodes them in its own loop over the
+        # columns, as it does for every text column. The connection's character set is
+        # utf8mb4 (see connect_params), so the server sends them unchanged.
+        return cast(column, CHAR(charset="utf8mb4"))
 
     def to_db_time(self, value: datetime) -> datetime:
         # DATETIME keeps whole seconds and would round, not truncate.
