@@ -60,7 +60,26 @@ _CLIENT_TIMEOUTS = frozenset({2003, 2013})
 
 # GET_LOCK names are server-wide, so the current database goes into the name too:
 # 'sqlstore/' and 40 hex digits of SHA-256(database, key) = 49 of the 64 characters allowed.
-_LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', %(key)s), 256), 40))"
+_LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', '{key}'), 256), 40))"
+#: Lock statements made so far, by key and wait (a store locks a handful of paths).
+_LOCK_SQL_MAX = 4096
+_lock_sql_made: dict[tuple[bytes, float, bool], str] = {}
+
+
+def _lock_sql(key: bytes, wait: float, begin: bool) -> str:
+    """``GET_LOCK`` of ``key`` for ``wait`` seconds, after ``START TRANSACTION`` if ``begin``.
+
+    Literal SQL: the key goes in as hex digits, the wait as a float's ``repr``.
+    """
+    made = _lock_sql_made.get((key, wait, begin))
+    if made is None:
+        if len(_lock_sql_made) >= _LOCK_SQL_MAX:
+            _lock_sql_made.clear()
+        made = f"SELECT GET_LOCK({_LOCK_NAME.format(key=key.hex())}, {float(wait)!r})"
+        if begin:
+            made = f"START TRANSACTION; {made}"
+        _lock_sql_made[key, wait, begin] = made
+    return made
 
 
 @cache
@@ -127,22 +146,27 @@ class BatchDeferral(Deferral):
     They go with the next read (before it, one round trip) or with the ``COMMIT``
     and what follows it (one round trip for all). MySQL runs the statements of a
     packet in order and stops at the first that fails.
+
+    A lock block's deferral is kept on its connection for the next block (it holds
+    nothing between blocks), with one cursor for writing out and sending statements.
     """
 
     def __init__(self, conn: PooledConnection, *, begin: bool) -> None:
         self._conn = conn
-        self._queued: list[tuple[str, str | None]] = [("START TRANSACTION", None)] if begin else []
+        self._queued: list[str] = ["START TRANSACTION"] if begin else []
+        self._labels: list[str | None] = [None] if begin else []
         self._size = 0
+        self._cursor: Any = None
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
-        cursor = self._conn.dbapi.cursor()
-        try:
-            sql = cursor.mogrify(statement.sql, statement.args(params))
-        finally:
-            cursor.close()
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.dbapi.cursor()
+        sql: str = cursor.mogrify(statement.sql, statement.args(params))
         if self._size + len(sql) > _BATCH_BYTES:
             self._send()
-        self._queued.append((sql, label))
+        self._queued.append(sql)
+        self._labels.append(label)
         self._size += len(sql)
 
     def before_read(self) -> None:
@@ -155,32 +179,40 @@ class BatchDeferral(Deferral):
         self._send()
 
     def commit(self, then: Sequence[str] = ()) -> None:
-        self._send(["COMMIT", *then])
+        self._send(("COMMIT", *then))
         if self._conn.deferral is self:
             self._conn.deferral = None
 
     def discard(self) -> None:
-        self._queued.clear()
-        self._size = 0
+        self._queued, self._labels, self._size = [], [], 0
         if self._conn.deferral is self:
             self._conn.deferral = None
 
     def _send(self, tail: Sequence[str] = ()) -> None:
-        batch = [*self._queued, *((sql, None) for sql in tail)]
-        self._queued, self._size = [], 0
-        if not batch:
+        queued, labels = self._queued, self._labels
+        if queued:
+            self._queued, self._labels, self._size = [], [], 0
+            sql = "; ".join([*queued, *tail])
+        elif tail:
+            sql = "; ".join(tail)
+        else:
             return
-        cursor = self._conn.dbapi.cursor()
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.dbapi.cursor()
         done = 0
         try:
-            cursor.execute("; ".join(sql for sql, _ in batch))
+            cursor.execute(sql)
             done = 1
             while cursor.nextset():
                 done += 1
         except Exception as exc:
-            raise StatementFailed(exc, batch[min(done, len(batch) - 1)][1]) from exc
-        finally:
-            cursor.close()
+            # A cursor of unknown state: the next statement gets a new one.
+            self._cursor = None
+            with contextlib.suppress(Exception):
+                cursor.close()
+            # The statement that failed: one queued, else one of the tail (no label).
+            raise StatementFailed(exc, labels[done] if done < len(labels) else None) from exc
 
 
 class MySQLStrategy(DialectStrategy):
@@ -304,31 +336,38 @@ class MySQLStrategy(DialectStrategy):
         conn.sql("START TRANSACTION")
 
     def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        # The lock and the transaction in one round trip.
-        got = self._acquire(conn, key, timeout, then="START TRANSACTION")
+        # The transaction and the lock in one round trip, on the connection's kept
+        # cursor: with no parameters PyMySQL sends the SQL as it is (every value in it
+        # is one we made: the key's hex digits and a number of seconds).
+        wait = timeout_seconds(timeout)
+        dbapi = conn.dbapi
+        base = dbapi._read_timeout
+        # The wait happens in the server: the answer may take that much longer
+        # (read_timeout, written out: this runs on every lock).
+        dbapi._read_timeout = self.timeouts.read + wait
+        try:
+            (got,) = conn.first_of_last(_lock_sql(key, wait, True), 2)
+        except BaseException:
+            # The transaction may be open (the lock failed after it): never leave it.
+            conn.rollback_quietly()
+            raise
+        finally:
+            dbapi._read_timeout = base
         if got != 1:
             # The transaction opened anyway; the lock was not taken (or failed).
             conn.sql("ROLLBACK")
             self._refuse(got, timeout)
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        self._refuse(self._acquire(conn, key, timeout), timeout)
-
-    def _acquire(self, conn: PooledConnection, key: bytes, timeout: float, then: str = "") -> Any:
-        """``GET_LOCK``'s answer (1: taken, 0: timed out), with ``then`` run after it."""
         wait = timeout_seconds(timeout)
-        sql = f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)" + (f"; {then}" if then else "")
-        cursor = conn.dbapi.cursor()
-        # The wait happens in the server: the answer may take that much longer.
+        dbapi = conn.dbapi
+        base = dbapi._read_timeout
+        dbapi._read_timeout = self.timeouts.read + wait  # the wait is in the server
         try:
-            with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
-                conn.run_on(cursor, sql, {"key": key.hex(), "timeout": wait})
-                (got,) = cursor.fetchone()
-                while cursor.nextset():
-                    pass
+            (got,) = conn.first_of_last(_lock_sql(key, wait, False), 1)
         finally:
-            cursor.close()
-        return got
+            dbapi._read_timeout = base
+        self._refuse(got, timeout)
 
     @staticmethod
     def _refuse(got: Any, timeout: float) -> None:
@@ -339,7 +378,12 @@ class MySQLStrategy(DialectStrategy):
         raise DatabaseError(f"GET_LOCK failed (returned {got!r})")
 
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
-        return BatchDeferral(conn, begin=begin)
+        if begin:  # a multi-statement transaction outside lock blocks (chunked writes)
+            return BatchDeferral(conn, begin=True)
+        spare = conn.spare
+        if spare is None:
+            spare = conn.spare = BatchDeferral(conn, begin=False)
+        return spare
 
     def after_commit(self, keys: Iterable[bytes]) -> list[str]:
         return ["SELECT RELEASE_ALL_LOCKS()"] if keys else []
