@@ -316,7 +316,7 @@ class RawSame:
             key = int.from_bytes(self._key(path)[:8], "big", signed=True)
             cur.execute(
                 "BEGIN; SELECT set_config('lock_timeout', '30000ms', true),"
-                f" pg_advisory_xact_lock({key})"
+                f" pg_advisory_xact_lock({key}), pg_current_xact_id()::text"
             )
             yield
             cur.execute("COMMIT")

@@ -211,11 +211,21 @@ class PooledConnection:
     def first(self, statement: Statement, params: Params = None) -> Sequence[Any] | None:
         """Run a query and return its first row, converted, or ``None``."""
         kept = self._kept
-        if kept is not None and self.deferral is None and self.observer is None:
+        if kept is not None and self.observer is None:
+            # In a transaction with statements sent ahead too: the read is answered
+            # after them (see Deferral.before_read).
             self.statements += 1
+            deferral = self.deferral
+            if deferral is not None:
+                deferral.before_read()
             try:
                 kept.execute(statement.sql, statement.args(params))
                 found = kept.fetchone()
+            except Exception as exc:
+                self._drop_kept()
+                if deferral is not None:
+                    self._read_failed(exc)
+                raise
             except BaseException:
                 self._drop_kept()
                 raise
@@ -239,11 +249,21 @@ class PooledConnection:
     def all(self, statement: Statement, params: Params = None) -> list[Sequence[Any]]:
         """Run a query and return all rows, converted."""
         kept = self._kept
-        if kept is not None and self.deferral is None and self.observer is None:
+        if kept is not None and self.observer is None:
+            # In a transaction with statements sent ahead too: the read is answered
+            # after them (see Deferral.before_read).
             self.statements += 1
+            deferral = self.deferral
+            if deferral is not None:
+                deferral.before_read()
             try:
                 kept.execute(statement.sql, statement.args(params))
                 found: list[Sequence[Any]] = kept.fetchall()
+            except Exception as exc:
+                self._drop_kept()
+                if deferral is not None:
+                    self._read_failed(exc)
+                raise
             except BaseException:
                 self._drop_kept()
                 raise

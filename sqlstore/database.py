@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy
 from sqlalchemy import Engine, column, select, table
@@ -50,7 +50,12 @@ from .schema import SCHEMA_REVISION, VERSION_TABLE
 from .statements import REFUSALS, Statement, Statements
 from .telemetry import hooks
 
+if TYPE_CHECKING:
+    from .dialects.base import Read
+
 T = TypeVar("T")
+#: Opens a lock block's transaction and takes its lock: (connection, key, timeout) -> witness.
+_Opener = Callable[[PooledConnection, bytes, float], object]
 
 #: Attempts for work outside a lock block that fails transiently.
 RETRY_ATTEMPTS = 4
@@ -146,15 +151,26 @@ class Database:
             conn.close()
         return result
 
+    def run_write(self, work: Callable[[PooledConnection], T], when_done: Callable[[], None]) -> T:
+        """:meth:`run` for a change: ``when_done`` runs when the caller's lock block ends.
+
+        Args:
+            work: As for :meth:`run`.
+            when_done: Called once the caller's lock block commits or rolls back (if the
+                call is made in one; once per block however often it is given).
+        """
+        block = blocks.current(self)
+        if block is None:
+            return self.run(work)
+        result = self._in_block(block, work)
+        callbacks = block.when_done
+        if when_done not in callbacks:
+            callbacks.append(when_done)
+        return result
+
     def block(self) -> Block | None:
         """The caller's open lock block on this engine, if any."""
         return blocks.current(self) if blocks.anywhere() else None
-
-    def when_block_done(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the caller's lock block commits or rolls back (if in one)."""
-        block = blocks.current(self)
-        if block is not None and callback not in block.when_done:
-            block.when_done.append(callback)
 
     def _in_block(self, block: Block, work: Callable[[PooledConnection], T]) -> T:
         conn = block.conn
@@ -329,7 +345,15 @@ class Database:
 
     # -- lock blocks -----------------------------------------------------------------
 
-    def lock_block(self, key: bytes, timeout: float, label: object) -> AbstractContextManager[None]:
+    def lock_block(
+        self,
+        key: bytes,
+        timeout: float,
+        label: object,
+        *,
+        read: Read | None = None,
+        release_late: bool = False,
+    ) -> AbstractContextManager[Sequence[Any] | None]:
         """Hold the lock ``key`` for the block, which is one transaction.
 
         The caller's calls inside join the transaction; a block inside another is a
@@ -341,6 +365,13 @@ class Database:
                 included); 0 tries once; negative or ``inf`` waits as long as the
                 database allows.
             label: What names the lock in an error message (its ``repr`` is shown).
+            read: A query run right after the lock is taken, in the same round trip
+                where the dialect can; the block's value is its first row (converted),
+                or ``None``. Without it the value is ``None``.
+            release_late: For a nested block: its savepoint is released with what the
+                enclosing block sends next rather than at once, so a write refused in
+                it is reported when the enclosing block ends (which then rolls back
+                whole), not as it leaves. No effect on an outermost block.
 
         Raises:
             LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
@@ -348,14 +379,22 @@ class Database:
         """
         block = blocks.current(self) if blocks.anywhere() else None
         if block is None:
-            return _OuterBlock(self, key, timeout)
+            return (
+                _OuterBlock(self, key, timeout)
+                if read is None
+                else _ReadingBlock(self, key, timeout, read)
+            )
         if key in block.active:
             raise LockTimeoutError(f"{label!r} is already locked by this caller")
-        return self._nested(block, key, timeout)
+        return self._nested(block, key, timeout, read, release_late)
 
-    def _begin_block(self, key: bytes, timeout: float) -> Block:
-        """Take a connection, open the block's transaction and its lock; the open block."""
+    def _begin_block(self, key: bytes, timeout: float, opener: _Opener | None = None) -> Block:
+        """Take a connection, open the block's transaction and its lock; the open block.
+
+        ``opener``: opens it instead of the strategy's ``begin_locked``.
+        """
         strategy = self.strategy
+        begin_locked = strategy.begin_locked if opener is None else opener
         start = time.monotonic()
         # A connection an earlier call parked, the schema checked: no pool wait and no
         # connecting, so no deadline to set (the common case, written out for speed).
@@ -374,7 +413,7 @@ class Database:
             elif conn.observer is not None:
                 conn.observer = None
             try:
-                witness = strategy.begin_locked(conn, key, timeout)
+                witness = begin_locked(conn, key, timeout)
                 # From here the block's writes travel ahead of the answers (if the
                 # dialect can).
                 conn.deferral = conn.new_deferral(begin=False)
@@ -386,7 +425,7 @@ class Database:
 
             def begin(conn: PooledConnection) -> tuple[PooledConnection, object]:
                 left = timeout if at is None else max(0.0, at - time.monotonic())
-                witness = strategy.begin_locked(conn, key, left)
+                witness = begin_locked(conn, key, left)
                 conn.deferral = conn.new_deferral(begin=False)
                 return conn, witness
 
@@ -516,44 +555,48 @@ class Database:
         self.strategy.end(conn, commit=commit, keys=keys)
 
     @contextmanager
-    def _nested(self, block: Block, key: bytes, timeout: float) -> Iterator[None]:
+    def _nested(
+        self,
+        block: Block,
+        key: bytes,
+        timeout: float,
+        read: Read | None = None,
+        release_late: bool = False,
+    ) -> Iterator[Sequence[Any] | None]:
         conn = block.conn
         block.depth += 1
         block.active.add(key)
         savepoint = f"sqlstore_{block.depth}"
+        failed_before = block.failed
 
-        def sql(statement: str) -> None:
-            self._in_block(block, lambda c: c.sql(statement))
-
-        def undo(failed_before: Exception | None) -> None:
+        def undo() -> None:
             if not conn.closed:
-                sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+                self._in_block(block, lambda c: c.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
                 block.failed = failed_before  # what failed in it was undone with it
 
         try:
-            # The lock is taken in a savepoint of its own, released at once: a failed
-            # wait leaves the transaction usable (PostgreSQL aborts it otherwise), and a
-            # taken lock belongs to the enclosing transaction, so rolling the block back
-            # below does not release it before the outermost block ends. A key an
-            # earlier nested block took is still held: nothing to take.
-            failed_before = block.failed
-            if key not in block.held:
-                sql(f"SAVEPOINT {savepoint}")
-                try:
-                    self._in_block(block, lambda c: self.strategy.acquire_nested(c, key, timeout))
-                except BaseException:
-                    undo(failed_before)
-                    raise
-                sql(f"RELEASE SAVEPOINT {savepoint}")
-                block.held.add(key)
-            sql(f"SAVEPOINT {savepoint}")
+            # A key an earlier nested block took is still held: nothing to take (see
+            # DialectStrategy.enter_nested for why the lock has a savepoint of its own).
+            taking = None if key in block.held else key
             try:
-                yield
-                # Writes sent ahead in the block are answered here at the latest: one
-                # refused leaves the block by its error, as if raised at its call.
-                sql(f"RELEASE SAVEPOINT {savepoint}")
+                row = self._in_block(
+                    block, lambda c: self.strategy.enter_nested(c, savepoint, taking, timeout, read)
+                )
             except BaseException:
-                undo(failed_before)
+                undo()
+                raise
+            block.held.add(key)
+            try:
+                yield row
+                if release_late:
+                    release = self.statements.release_savepoint(savepoint)
+                    self._in_block(block, lambda c: c.defer(release))
+                else:
+                    # Writes sent ahead in the block are answered here at the latest: one
+                    # refused leaves the block by its error, as if raised at its call.
+                    self._in_block(block, lambda c: c.sql(f"RELEASE SAVEPOINT {savepoint}"))
+            except BaseException:
+                undo()
                 raise
         finally:
             block.depth -= 1
@@ -727,6 +770,33 @@ class _OuterBlock:
                 db._roll_back(block, exc)
         finally:
             db._close_block(block)
+
+
+class _ReadingBlock(_OuterBlock):
+    """An outermost lock block whose value is a query's first row, read with its lock."""
+
+    __slots__ = ("_read", "_row")
+
+    def __init__(self, db: Database, key: bytes, timeout: float, read: Read) -> None:
+        super().__init__(db, key, timeout)
+        self._read = read
+        self._row: Sequence[Any] | None = None
+
+    def __enter__(self) -> Sequence[Any] | None:  # type: ignore[override]
+        db, read = self._db, self._read
+
+        def opener(conn: PooledConnection, key: bytes, timeout: float) -> object:
+            witness, self._row = db.strategy.begin_locked_reading(conn, key, timeout, read)
+            return witness
+
+        block = self._block = db._begin_block(self._key, self._timeout, opener)
+        try:
+            self._entered = blocks.enter(db, block)
+        except BaseException:
+            db._roll_back(block, RuntimeError("the lock block was not entered"))
+            db._close_block(block)
+            raise
+        return self._row
 
 
 def _unwrap(exc: Exception) -> tuple[Exception, str | None]:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     type_coerce,
     union_all,
 )
@@ -184,9 +185,10 @@ class Statements:
         self._dialect = dialect
         self._strategy = strategy
         self._writes: dict[int, Statement] = {}
+        self._releases: dict[str, Statement] = {}
         compile_ = self._compile
         # File names as the query returns them (see DialectStrategy.name_as_text).
-        text = strategy.name_as_text
+        as_text = strategy.name_as_text
 
         # -- reads ---------------------------------------------------------------
         # Every statement names the namespace, the leading key column: each one
@@ -210,7 +212,7 @@ class Statements:
         # Read-ahead: the next files of a directory, down or up from a name. Large and
         # chunked files are left out by the query itself, never fetched to be dropped.
         ahead = (
-            select(text(_f.name), _f.content)
+            select(as_text(_f.name), _f.content)
             .where(
                 _ns,
                 _f.parent == bindparam("key"),
@@ -223,8 +225,8 @@ class Statements:
             ahead.where(_f.name <= bindparam("name")).order_by(_f.name.desc())
         )
         self.read_ahead_up = compile_(ahead.where(_f.name >= bindparam("name")).order_by(_f.name))
-        # Answers as the driver gives them (1/0 or True/False; callers take bool() of
-        # them): a BOOLEAN's result processor would cost a conversion per call.
+        # Read as truth values only: typed Integer (the SQL is the same), their rows need
+        # no conversion (SQLite's and MySQL's booleans would be converted in Python).
         self.exists = compile_(
             select(type_coerce(or_(exists().where(by_id), exists().where(_ns, _in_range)), Integer))
         )
@@ -240,12 +242,12 @@ class Statements:
             select(_f.name).where(_ns, _f.parent == bindparam("key")).order_by(_f.name).subquery()
         )
         # Every part of the union alike: its column types are the union's.
-        direct = select(kind("1"), text(direct_names.c.name), no_parent)
-        itself = select(kind("2"), text(_f.name), _f.parent).where(by_id)
+        direct = select(kind("1"), as_text(direct_names.c.name), no_parent)
+        itself = select(kind("2"), as_text(_f.name), _f.parent).where(by_id)
 
         def first_subdir(where: Any) -> Select[Any]:
             sub = _first_in(where).subquery()
-            return select(kind("3"), text(sub.c.name), sub.c.parent)
+            return select(kind("3"), as_text(sub.c.name), sub.c.parent)
 
         self.list_dir = compile_(union_all(direct, itself, first_subdir(_in_range)))
         self.list_root = compile_(union_all(direct, first_subdir(_from_low)))
@@ -281,6 +283,13 @@ class Statements:
 
     def _compile(self, statement: ClauseElement) -> Statement:
         return Statement(statement, self._dialect)
+
+    def release_savepoint(self, name: str) -> Statement:
+        """``RELEASE SAVEPOINT name``, as a statement that can be sent ahead."""
+        found = self._releases.get(name)
+        if found is None:
+            found = self._releases[name] = self._compile(text(f"RELEASE SAVEPOINT {name}"))
+        return found
 
     def write(self, depth: int) -> Statement:
         """Insert or overwrite a file ``depth`` directories deep, unless a tree rule forbids it.

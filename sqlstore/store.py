@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import builtins
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -67,6 +68,11 @@ class SQLFileStore:
     ) -> None:
         self._namespace = paths.check_namespace(namespace)
         self._ahead = ReadAhead(read_ahead, read_ahead_max_age)
+        # A write or delete drops what was read ahead before it. Inside a lock block the
+        # change becomes visible to others only at the commit, and a batch may be read
+        # ahead from the old state until then: it is dropped again when the block ends
+        # (bound once, for that).
+        self._invalidate = self._ahead.invalidate
         self._db: Database = database_for(engine)
         self._engine = engine
         self._sql = self._db.statements
@@ -200,8 +206,8 @@ class SQLFileStore:
                     chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}
                     conn.defer(sql.insert_chunk, chunk, path)
 
-        self._db.run(run)
-        self._written()
+        self._db.run_write(run, self._invalidate)
+        self._ahead.invalidate()
 
     def _ancestor_params(self, parent: str) -> dict[str, bytes]:
         """The write's parameters ``a0``... : file ids of ``parent`` and the dirs above it."""
@@ -408,8 +414,8 @@ class SQLFileStore:
                 "high": low + paths.AFTER_SEP,
             }
             delete = sql.delete_path
-        self._db.run(lambda conn: conn.defer(delete, params, path))
-        self._written()
+        self._db.run_write(lambda conn: conn.defer(delete, params, path), self._invalidate)
+        self._ahead.invalidate()
 
     def get_absolute_path(self, path: str) -> str:
         """A stable identifier for ``path``, e.g. ``sqlstore+postgresql://host/db/ns/path``.
@@ -464,7 +470,42 @@ class SQLFileStore:
         ):
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}")
         # As with the SDK's file locks, a negative timeout waits as long as it takes.
-        return self._db.lock_block(key, timeout, path)
+        # Its value is None: no query rides with the lock (no cast: this runs on every lock).
+        return self._db.lock_block(key, timeout, path)  # type: ignore[return-value]
+
+    def _lock_reading(
+        self, path: str, timeout: float, read: str, *, release_late: bool = False
+    ) -> AbstractContextManager[bytes | None]:
+        """:meth:`lock`, whose block's value is the content of the file ``read``.
+
+        The file is read right after the lock is taken, in the same round trip where the
+        database allows (a fencing check costs nothing more than the lock). ``None``
+        where there is no file at ``read``. ``release_late``: see
+        :meth:`sqlstore.database.Database.lock_block`. Private: for
+        :mod:`sqlstore.agent_server`'s fenced writes.
+        """
+        path_n = paths.normalize(path)
+        params = {"ns": self._namespace, "fid": self._fid(paths.normalize(read))}
+        block = self._db.lock_block(
+            self._lock_key(path_n),
+            timeout,
+            path,
+            read=(self._sql.read, params),
+            release_late=release_late,
+        )
+        return self._content_of(block, read)
+
+    @contextmanager
+    def _content_of(
+        self, block: AbstractContextManager[Sequence[Any] | None], read: str
+    ) -> Iterator[bytes | None]:
+        with block as row:
+            if row is None:
+                yield None
+                return
+            content, chunk_count = row
+            # A chunked file is read again whole, inside the block (one snapshot).
+            yield self.read_bytes(read) if chunk_count else bytes(content)
 
     def flush(self) -> None:
         """Nothing to do: every call is written to the database before it returns."""
@@ -493,17 +534,6 @@ class SQLFileStore:
         query = self._sql.is_dir
         row = self._db.run(lambda conn: conn.first(query, params))
         return bool(row and row[0])
-
-    def _written(self) -> None:
-        """This store changed something: nothing read ahead before it may be served.
-
-        Inside a lock block the change becomes visible to others only at the commit,
-        and a batch may be read ahead from the old state until then: drop it again
-        when the block ends.
-        """
-        ahead = self._ahead
-        ahead.invalidate()
-        self._db.when_block_done(ahead.invalidate)
 
 
 def _as_bytes(contents: object) -> bytes:

@@ -591,3 +591,93 @@ def test_same_namespace_in_another_database_does_not_block(
     with SQLFileStore.from_url(empty_url, store.namespace) as elsewhere:
         assert _timed_acquire(elsewhere, "shared.lock", 2.0) < 1.0
     holder.ok("release")
+
+
+def test_a_lock_block_carries_a_read_of_one_file(store: SQLFileStore) -> None:
+    """The private hook of the agent server's fenced writes: the file read with the lock."""
+    store.write("record", "v1")
+    big = bytes(range(256)) * 5000  # chunked on MariaDB: read again, whole, in the block
+    store.write("big", big)
+    with store._lock_reading("r.lock", 5, "record") as content:
+        assert content == b"v1"
+        with store._lock_reading("n.lock", 5, "record") as inner:
+            assert inner == b"v1"
+            store.write("record", "v2")
+        with store._lock_reading("m.lock", 5, "missing") as missing:
+            assert missing is None
+        with store._lock_reading("n.lock", 5, "big", release_late=True) as whole:
+            assert whole == big
+        # A key a nested block took is held still: only the savepoint and the read.
+        with store._lock_reading("n.lock", 5, "record") as again:
+            assert again == b"v2"
+    with store._lock_reading("r.lock", 5, "big") as whole:
+        assert whole == big
+    with store._lock_reading("r.lock", 0, "record") as content:
+        assert content == b"v2"
+
+
+def test_a_reading_lock_wait_that_runs_out_leaves_the_outer_block_usable(
+    store: SQLFileStore, other_store: SQLFileStore, db_dialect: str
+) -> None:
+    if db_dialect == "sqlite":
+        pytest.skip("SQLite has one writer per database file: any lock waits")
+    store.write("a", "1")
+    with other_store.lock("held", timeout=5):
+        with store.lock("outer", timeout=5):
+            store.write("b", "2")
+            for timeout in (0.3, 0):
+                with pytest.raises(LockTimeoutError), store._lock_reading("held", timeout, "a"):
+                    pytest.fail("acquired a lock held elsewhere")
+            store.write("c", "3")
+            with store._lock_reading("free", 5, "b", release_late=True) as content:
+                assert content == b"2"
+        for timeout in (0.3, 0):
+            with pytest.raises(LockTimeoutError), store._lock_reading("held", timeout, "a"):
+                pytest.fail("acquired a lock held elsewhere")
+    assert store.list("") == ["a", "b", "c"]
+    with store._lock_reading("held", 1, "a") as content:
+        assert content == b"1"
+
+
+def test_a_late_released_nested_block(store: SQLFileStore) -> None:
+    """Undone alone if it raises; a refusal in it fails the outer block when that ends."""
+    with store.lock("outer", timeout=5):
+        store.write("a", "1")
+        with pytest.raises(Boom), store._lock_reading("inner", 5, "a", release_late=True):
+            store.write("b", "undone with the nested block")
+            raise Boom
+        with store._lock_reading("inner", 5, "a", release_late=True) as content:
+            assert content == b"1"
+            store.write("c", "3")
+        store.write("d", "4")
+    assert store.list("") == ["a", "c", "d"]
+    store.write("f", "a file")
+    # SQLite refuses at the call, the others as the outer block ends: nothing either way.
+    with pytest.raises(FileExistsError, match="'f/g'"), store.lock("outer", timeout=5):
+        store.write("e", "5")
+        with store._lock_reading("inner", 5, "a", release_late=True):
+            store.write("f/g", "below a file")
+        store.write("h", "6")
+    assert store.list("") == ["a", "c", "d", "f"]
+
+
+def test_a_reading_lock_on_an_observed_engine(migrated_url: URL, namespace: str) -> None:
+    """With statement listeners the read still rides with the lock, and is seen by them."""
+    engine = sqlstore.create_engine(migrated_url)
+    seen: list[str] = []
+    sa.event.listen(
+        engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: seen.append(sql)
+    )
+    try:
+        store = SQLFileStore(engine, namespace)
+        store.write("record", "v1")
+        seen.clear()
+        with store._lock_reading("r.lock", 5, "record") as content:
+            assert content == b"v1"
+            with store._lock_reading("n.lock", 5, "record", release_late=True) as inner:
+                assert inner == b"v1"
+                store.write("record", "v2")
+        assert store.read("record") == "v2"
+        assert sum("sqlstore_files.content" in sql for sql in seen) >= 2, seen
+    finally:
+        engine.dispose()

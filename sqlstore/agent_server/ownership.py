@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,10 +237,28 @@ class OwnerRecord:
     def read(cls, store: SQLFileStore) -> OwnerRecord:
         """The record of ``store``'s conversation (generation 0 when there is none)."""
         try:
-            data = json.loads(store.read_bytes(OWNER))
+            return cls.parse(store.read_bytes(OWNER))
         except FileNotFoundError:
+            return cls.parse(None)
+
+    @classmethod
+    def parse(cls, content: bytes | None) -> OwnerRecord:
+        """The record written as ``content`` (``None``: no record, generation 0)."""
+        if content is None:
             return cls(None, 0)
+        data = json.loads(content)
         return cls(data.get("owner"), int(data.get("generation", 0)))
+
+    @staticmethod
+    def locked(
+        store: SQLFileStore, timeout: float, *, release_late: bool = False
+    ) -> AbstractContextManager[bytes | None]:
+        """The owner lock, whose block's value is the record's content, read with the lock.
+
+        The record travels in the lock's own round trip (see
+        ``SQLFileStore._lock_reading``); parse it with :meth:`parse`.
+        """
+        return store._lock_reading(OWNER_LOCK, timeout, OWNER, release_late=release_late)
 
     def write(self, store: SQLFileStore) -> None:
         """Write this record (inside the owner lock)."""
@@ -291,8 +309,8 @@ class SQLConversationLease:
 
         self.replicas.beat_for(self.owner_instance_id)
         try:
-            with self.store.lock(OWNER_LOCK, timeout=CLAIM_TIMEOUT):
-                record = OwnerRecord.read(self.store)
+            with OwnerRecord.locked(self.store, CLAIM_TIMEOUT) as content:
+                record = OwnerRecord.parse(content)
                 if record.owner == self.owner_instance_id:
                     return LeaseClaim(generation=record.generation, takeover=False)
                 takeover = record.owner is not None
@@ -320,14 +338,18 @@ class SQLConversationLease:
 
         The owner lock is taken and the record checked in one transaction with the
         writes made inside the block (a lock block is a transaction; inside the SDK's
-        event-log lock it joins that one).
+        event-log lock it joins that one). The record is read in the lock's own round
+        trip, and inside the event-log lock the block's savepoint is released with the
+        log's next statements: a fenced append costs no round trip of its own beyond
+        that one (a write refused in it then fails the whole append, as the event
+        log's own writes do).
 
         Raises:
             ConversationOwnershipLostError: another replica took it over; nothing of
                 the block is written.
         """
-        with self.store.lock(OWNER_LOCK, timeout=GUARD_TIMEOUT):
-            record = OwnerRecord.read(self.store)
+        with OwnerRecord.locked(self.store, GUARD_TIMEOUT, release_late=True) as content:
+            record = OwnerRecord.parse(content)
             if record.owner != self.owner_instance_id or record.generation != generation:
                 self.lost = True
                 from openhands.agent_server.conversation_lease import (
@@ -343,8 +365,8 @@ class SQLConversationLease:
 
     def release(self, generation: int) -> None:
         """Give the conversation up, if this replica still owns it at ``generation``."""
-        with self.store.lock(OWNER_LOCK, timeout=CLAIM_TIMEOUT):
-            record = OwnerRecord.read(self.store)
+        with OwnerRecord.locked(self.store, CLAIM_TIMEOUT) as content:
+            record = OwnerRecord.parse(content)
             if record.owner == self.owner_instance_id and record.generation == generation:
                 OwnerRecord(None, generation).write(self.store)
 

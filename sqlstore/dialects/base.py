@@ -43,7 +43,12 @@ from ..pooling import Timeouts
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
-    from ..deferral import Deferral
+    from ..deferral import Deferral, Params
+    from ..statements import Statement
+
+    #: A query a lock block runs right after taking its lock: its first row is the
+    #: block's value (see :meth:`DialectStrategy.begin_locked_reading`).
+    Read = tuple[Statement, Params]
 
 
 class DialectStrategy(ABC):
@@ -244,6 +249,67 @@ class DialectStrategy(ABC):
         Raises:
             LockTimeoutError: not acquired within ``timeout`` seconds.
         """
+
+    def begin_locked_reading(
+        self, conn: PooledConnection, key: bytes, timeout: float, read: Read
+    ) -> tuple[object, Sequence[Any] | None]:
+        """:meth:`begin_locked`, then ``read`` in the new transaction (its first row).
+
+        A dialect that can send the query with the lock does (one round trip): a lock
+        block whose first act is a read (a fencing check) pays nothing for it.
+
+        Returns:
+            The witness, and the query's first row (converted), or ``None``.
+
+        Raises:
+            LockTimeoutError: as :meth:`begin_locked`; no transaction is left open.
+        """
+        witness = self.begin_locked(conn, key, timeout)
+        try:
+            row = conn.first(*read)
+        except BaseException:
+            self.abandon_locked(conn, key)
+            raise
+        return witness, row
+
+    def abandon_locked(self, conn: PooledConnection, key: bytes) -> None:
+        """Roll back a transaction :meth:`begin_locked` opened, before any block used it."""
+        try:
+            self.end(conn, commit=False, keys=(key,))
+        except Exception as exc:  # its state is unknown: nobody else may have it
+            conn.invalidate(exc)
+
+    def enter_nested(
+        self,
+        conn: PooledConnection,
+        savepoint: str,
+        key: bytes | None,
+        timeout: float,
+        read: Read | None = None,
+    ) -> Sequence[Any] | None:
+        """Open a nested lock block: take ``key`` (if given), set ``savepoint``, run ``read``.
+
+        The lock is taken in a savepoint of its own, released at once: a failed wait
+        leaves the transaction usable (PostgreSQL aborts it otherwise), and a taken
+        lock belongs to the enclosing transaction, so rolling the nested block back
+        does not release it before the outermost block ends. A dialect that can send
+        all of it at once does (one round trip).
+
+        The caller rolls back to ``savepoint`` if this raises (its lock's savepoint, or
+        the block's, have the same name).
+
+        Returns:
+            ``read``'s first row (converted), or ``None``.
+
+        Raises:
+            LockTimeoutError: ``key`` was not acquired within ``timeout`` seconds.
+        """
+        if key is not None:
+            conn.sql(f"SAVEPOINT {savepoint}")
+            self.acquire_nested(conn, key, timeout)
+            conn.sql(f"RELEASE SAVEPOINT {savepoint}")
+        conn.sql(f"SAVEPOINT {savepoint}")
+        return None if read is None else conn.first(*read)
 
     def end(self, conn: PooledConnection, *, commit: bool, keys: Iterable[bytes] = ()) -> None:
         """Commit or roll back the open transaction, then release session-level locks."""

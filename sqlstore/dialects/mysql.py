@@ -37,6 +37,7 @@ from .base import (
 if TYPE_CHECKING:
     from ..connection import PooledConnection
     from ..statements import Statement
+    from .base import Read
 
 # Server and client error numbers worth one more try on a fresh connection:
 # deadlock, server shutdown, connection killed, gone away, lost, cannot connect.
@@ -188,7 +189,27 @@ class BatchDeferral(Deferral):
         if self._conn.deferral is self:
             self._conn.deferral = None
 
-    def _send(self, tail: Sequence[str] = ()) -> None:
+    def ask(self, tail: Sequence[str]) -> list[Any]:
+        """Send what is queued, then ``tail``, in one packet; the first row of each of ``tail``.
+
+        ``None`` for a statement of ``tail`` that returns no rows.
+
+        Raises:
+            StatementFailed: a statement failed (a queued one: with its label).
+        """
+        rows: list[Any] = []
+        self._send(tail, rows)
+        return rows
+
+    def mogrify(self, sql: str, params: Any) -> str:
+        """``sql`` with ``params`` written in as literals, as PyMySQL sends every statement."""
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.dbapi.cursor()
+        return str(cursor.mogrify(sql, params))
+
+    def _send(self, tail: Sequence[str] = (), rows: list[Any] | None = None) -> None:
+        """Send what is queued, then ``tail``; the first rows of ``tail`` into ``rows``."""
         queued, labels = self._queued, self._labels
         if queued:
             self._queued, self._labels, self._size = [], [], 0
@@ -203,9 +224,18 @@ class BatchDeferral(Deferral):
         done = 0
         try:
             cursor.execute(sql)
-            done = 1
-            while cursor.nextset():
-                done += 1
+            if rows is None:
+                done = 1
+                while cursor.nextset():
+                    done += 1
+            else:
+                first_of_tail = len(queued)
+                while True:
+                    if done >= first_of_tail:
+                        rows.append(None if cursor.description is None else cursor.fetchone())
+                    done += 1
+                    if not cursor.nextset():
+                        break
         except Exception as exc:
             # A cursor of unknown state: the next statement gets a new one.
             self._cursor = None
@@ -349,13 +379,13 @@ class MySQLStrategy(DialectStrategy):
             (got,) = conn.first_of_last(_lock_sql(key, wait, True), 2)
         except BaseException:
             # The transaction may be open (the lock failed after it): never leave it.
-            conn.rollback_quietly()
+            self.abandon_locked(conn, key)
             raise
         finally:
             dbapi._read_timeout = base
         if got != 1:
             # The transaction opened anyway; the lock was not taken (or failed).
-            conn.sql("ROLLBACK")
+            self.abandon_locked(conn, key)
             self._refuse(got, timeout)
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
@@ -369,6 +399,78 @@ class MySQLStrategy(DialectStrategy):
             dbapi._read_timeout = base
         self._refuse(got, timeout)
 
+    def begin_locked_reading(
+        self, conn: PooledConnection, key: bytes, timeout: float, read: Read
+    ) -> tuple[object, Sequence[Any] | None]:
+        # The lock, the transaction and the read in one packet: one round trip. The
+        # read runs after GET_LOCK has answered (in order), so under the lock.
+        if conn.observer is not None:
+            return super().begin_locked_reading(conn, key, timeout, read)
+        # The deferral the block takes next, sending its first packet.
+        packet = _spare(conn)
+        try:
+            got, _, found = self._locking(
+                conn,
+                packet,
+                timeout,
+                [_lock_sql(key, timeout_seconds(timeout), False), "START TRANSACTION"],
+                read,
+            )
+        except BaseException:
+            self.abandon_locked(conn, key)
+            raise
+        if got is None or got[0] != 1:
+            self.abandon_locked(conn, key)
+            self._refuse(None if got is None else got[0], timeout)
+        return None, None if found is None else read[0].convert(found)
+
+    def enter_nested(
+        self,
+        conn: PooledConnection,
+        savepoint: str,
+        key: bytes | None,
+        timeout: float,
+        read: Read | None = None,
+    ) -> Sequence[Any] | None:
+        # GET_LOCK failing leaves the transaction as it was: the lock needs no savepoint
+        # of its own. The savepoint, the lock and the read go in one packet, after the
+        # statements queued before them: one round trip.
+        deferral = conn.deferral
+        if not isinstance(deferral, BatchDeferral):
+            return super().enter_nested(conn, savepoint, key, timeout, read)
+        head = [f"SAVEPOINT {savepoint}"]
+        if key is not None:
+            head.append(_lock_sql(key, timeout_seconds(timeout), False))
+        rows = self._locking(conn, deferral, timeout if key is not None else 0, head, read)
+        if key is not None:
+            got = rows[1]
+            self._refuse(None if got is None else got[0], timeout)
+        found = rows[-1] if read is not None else None
+        return None if found is None or read is None else read[0].convert(found)
+
+    def _locking(
+        self,
+        conn: PooledConnection,
+        packet: BatchDeferral,
+        timeout: float,
+        head: list[str],
+        read: Read | None,
+    ) -> list[Any]:
+        """``head``, then ``read``, sent by ``packet``; the first rows (``ask``)."""
+        statements = list(head)
+        if read is not None:
+            statements.append(packet.mogrify(read[0].sql, read[0].args(read[1])))
+        wait = timeout_seconds(timeout) if timeout else 0
+        # A lock wait happens in the server: the answer may take that much longer
+        # (read_timeout, written out).
+        dbapi = conn.dbapi
+        base = dbapi._read_timeout
+        dbapi._read_timeout = self.timeouts.read + wait
+        try:
+            return packet.ask(statements)
+        finally:
+            dbapi._read_timeout = base
+
     @staticmethod
     def _refuse(got: Any, timeout: float) -> None:
         if got == 1:
@@ -380,10 +482,7 @@ class MySQLStrategy(DialectStrategy):
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
         if begin:  # a multi-statement transaction outside lock blocks (chunked writes)
             return BatchDeferral(conn, begin=True)
-        spare = conn.spare
-        if spare is None:
-            spare = conn.spare = BatchDeferral(conn, begin=False)
-        return spare
+        return _spare(conn)
 
     def after_commit(self, keys: Iterable[bytes]) -> list[str]:
         return ["SELECT RELEASE_ALL_LOCKS()"] if keys else []
@@ -466,6 +565,14 @@ class MySQLStrategy(DialectStrategy):
             return True
         # PyMySQL's error on a connection it had already closed has no number (0).
         return dbapi_connection is not None and not dbapi_connection.open
+
+
+def _spare(conn: PooledConnection) -> BatchDeferral:
+    """The lock blocks' deferral kept on ``conn`` (it holds nothing between blocks)."""
+    spare = conn.spare
+    if not isinstance(spare, BatchDeferral):
+        spare = conn.spare = BatchDeferral(conn, begin=False)
+    return spare
 
 
 def _error_number(exc: BaseException) -> int | None:
