@@ -93,11 +93,18 @@ class BytewiseString(TypeDecorator[str]):
     # processor spares a Python call per value (list() returns thousands of names).
     def bind_processor(self, dialect: Dialect) -> Any:
         """A processor only where the column is binary (MySQL/MariaDB)."""
-        return super().bind_processor(dialect) if dialect.name in _MYSQL else None
+        # process_bind_param, in one call: the decorator's processor would call it and
+        # then VARBINARY's own, which only wraps the bytes in bytes again.
+        return _utf8 if dialect.name in _MYSQL else None
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         """A processor only where the column is binary (MySQL/MariaDB)."""
         return super().result_processor(dialect, coltype) if dialect.name in _MYSQL else None
+
+
+def _utf8(value: str | None) -> bytes | None:
+    """A string encoded to UTF-8 (``BytewiseString``'s bind processor on MySQL)."""
+    return None if value is None else value.encode()
 
 
 def _binary(mysql_type: TypeEngine[bytes]) -> TypeEngine[bytes]:

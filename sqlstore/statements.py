@@ -19,7 +19,6 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Integer,
-    LargeBinary,
     Select,
     and_,
     bindparam,
@@ -39,6 +38,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.sqltypes import _Binary
 
 from .dialects import DialectStrategy
 from .dialects.base import A_DIRECTORY, BELOW_A_FILE
@@ -77,8 +77,9 @@ class Statement:
         for name, bind in compiled.binds.items():
             impl = bind.type.dialect_impl(dialect)
             # Every supported driver takes bytes as they are; SQLAlchemy's binary
-            # processors would only wrap them in another object.
-            if isinstance(impl, LargeBinary):
+            # processors would only wrap them in another object (every binary type's
+            # processor: MySQL's BINARY, VARBINARY and LONGBLOB are not LargeBinary).
+            if isinstance(impl, _Binary):
                 continue
             processor = impl.bind_processor(dialect)
             if processor is not None:
@@ -186,6 +187,8 @@ class Statements:
         self._writes: dict[int, Statement] = {}
         self._releases: dict[str, Statement] = {}
         compile_ = self._compile
+        # File names as the query returns them (see DialectStrategy.name_as_text).
+        as_text = strategy.name_as_text
 
         # -- reads ---------------------------------------------------------------
         # Every statement names the namespace, the leading key column: each one
@@ -209,7 +212,7 @@ class Statements:
         # Read-ahead: the next files of a directory, down or up from a name. Large and
         # chunked files are left out by the query itself, never fetched to be dropped.
         ahead = (
-            select(_f.name, _f.content)
+            select(as_text(_f.name), _f.content)
             .where(
                 _ns,
                 _f.parent == bindparam("key"),
@@ -238,12 +241,13 @@ class Statements:
         direct_names = (
             select(_f.name).where(_ns, _f.parent == bindparam("key")).order_by(_f.name).subquery()
         )
-        direct = select(kind("1"), direct_names.c.name, no_parent)
-        itself = select(kind("2"), _f.name, _f.parent).where(by_id)
+        # Every part of the union alike: its column types are the union's.
+        direct = select(kind("1"), as_text(direct_names.c.name), no_parent)
+        itself = select(kind("2"), as_text(_f.name), _f.parent).where(by_id)
 
         def first_subdir(where: Any) -> Select[Any]:
             sub = _first_in(where).subquery()
-            return select(kind("3"), sub.c.name, sub.c.parent)
+            return select(kind("3"), as_text(sub.c.name), sub.c.parent)
 
         self.list_dir = compile_(union_all(direct, itself, first_subdir(_in_range)))
         self.list_root = compile_(union_all(direct, first_subdir(_from_low)))

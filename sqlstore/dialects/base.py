@@ -160,6 +160,13 @@ class DialectStrategy(ABC):
         """The database's current time, for ``created_at``/``updated_at``, in UTC."""
         return func.now()
 
+    def name_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        """A file name column as a query returns it: text the driver gives as ``str``.
+
+        Where the column is text already (PostgreSQL, SQLite), the column itself.
+        """
+        return column
+
     def to_db_time(self, value: datetime) -> datetime:
         """An aware ``datetime`` as this database stores timestamps (a bind value)."""
         return value.astimezone(UTC)

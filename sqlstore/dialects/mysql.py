@@ -16,9 +16,10 @@ from sqlalchemy import (
     Select,
     Table,
     TextClause,
+    cast,
     func,
 )
-from sqlalchemy.dialects.mysql import insert
+from sqlalchemy.dialects.mysql import CHAR, insert
 
 from ..deferral import Deferral, Params, StatementFailed
 from ..errors import DatabaseError, LockTimeoutError
@@ -60,7 +61,26 @@ _CLIENT_TIMEOUTS = frozenset({2003, 2013})
 
 # GET_LOCK names are server-wide, so the current database goes into the name too:
 # 'sqlstore/' and 40 hex digits of SHA-256(database, key) = 49 of the 64 characters allowed.
-_LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', %(key)s), 256), 40))"
+_LOCK_NAME = "CONCAT('sqlstore/', LEFT(SHA2(CONCAT(DATABASE(), '/', '{key}'), 256), 40))"
+#: Lock statements made so far, by key and wait (a store locks a handful of paths).
+_LOCK_SQL_MAX = 4096
+_lock_sql_made: dict[tuple[bytes, float, bool], str] = {}
+
+
+def _lock_sql(key: bytes, wait: float, begin: bool) -> str:
+    """``GET_LOCK`` of ``key`` for ``wait`` seconds, after ``START TRANSACTION`` if ``begin``.
+
+    Literal SQL: the key goes in as hex digits, the wait as a float's ``repr``.
+    """
+    made = _lock_sql_made.get((key, wait, begin))
+    if made is None:
+        if len(_lock_sql_made) >= _LOCK_SQL_MAX:
+            _lock_sql_made.clear()
+        made = f"SELECT GET_LOCK({_LOCK_NAME.format(key=key.hex())}, {float(wait)!r})"
+        if begin:
+            made = f"START TRANSACTION; {made}"
+        _lock_sql_made[key, wait, begin] = made
+    return made
 
 
 @cache
@@ -72,6 +92,11 @@ def _ending_connection() -> Any:
     write waited out the timeout (on a row lock, say) would commit after the caller was
     told it failed. ``KILL`` from a second connection ends the session first, and its
     transaction rolls back.
+
+    Every answer read after connecting is read by one of the two methods wrapped here
+    (a statement's results, ``next_result`` included; an OK packet: ``COMMIT()``,
+    ``ping``, autocommit). They run once per answer, where PyMySQL's ``_read_bytes``
+    runs twice per packet: twice per row of a result.
     """
     import pymysql
 
@@ -79,14 +104,26 @@ def _ending_connection() -> Any:
         #: Connect parameters for the second connection; set by sqlstore.
         kill_params: dict[str, Any] | None = None
 
-        def _read_bytes(self, num_bytes: int) -> bytes:
+        def _read_query_result(self, unbuffered: bool = False) -> int:
             try:
-                data: bytes = super()._read_bytes(num_bytes)
+                found: int = super()._read_query_result(unbuffered)
             except pymysql.err.OperationalError as exc:
-                if self.kill_params is not None and isinstance(exc.__context__, TimeoutError):
-                    _kill(self.kill_params, self.server_thread_id[0])
+                self._timed_out(exc)
                 raise
-            return data
+            return found
+
+        def _read_ok_packet(self) -> Any:
+            try:
+                return super()._read_ok_packet()
+            except pymysql.err.OperationalError as exc:
+                self._timed_out(exc)
+                raise
+
+        def _timed_out(self, exc: BaseException) -> None:
+            # PyMySQL raises its socket's TimeoutError as "lost connection", from
+            # inside the handler: the timeout is the error's context.
+            if self.kill_params is not None and isinstance(exc.__context__, TimeoutError):
+                _kill(self.kill_params, self.server_thread_id[0])
 
     return EndingConnection
 
@@ -110,22 +147,27 @@ class BatchDeferral(Deferral):
     They go with the next read (before it, one round trip) or with the ``COMMIT``
     and what follows it (one round trip for all). MySQL runs the statements of a
     packet in order and stops at the first that fails.
+
+    A lock block's deferral is kept on its connection for the next block (it holds
+    nothing between blocks), with one cursor for writing out and sending statements.
     """
 
     def __init__(self, conn: PooledConnection, *, begin: bool) -> None:
         self._conn = conn
-        self._queued: list[tuple[str, str | None]] = [("START TRANSACTION", None)] if begin else []
+        self._queued: list[str] = ["START TRANSACTION"] if begin else []
+        self._labels: list[str | None] = [None] if begin else []
         self._size = 0
+        self._cursor: Any = None
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
-        cursor = self._conn.dbapi.cursor()
-        try:
-            sql = cursor.mogrify(statement.sql, statement.args(params))
-        finally:
-            cursor.close()
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.dbapi.cursor()
+        sql: str = cursor.mogrify(statement.sql, statement.args(params))
         if self._size + len(sql) > _BATCH_BYTES:
             self._send()
-        self._queued.append((sql, label))
+        self._queued.append(sql)
+        self._labels.append(label)
         self._size += len(sql)
 
     def before_read(self) -> None:
@@ -138,13 +180,12 @@ class BatchDeferral(Deferral):
         self._send()
 
     def commit(self, then: Sequence[str] = ()) -> None:
-        self._send(["COMMIT", *then])
+        self._send(("COMMIT", *then))
         if self._conn.deferral is self:
             self._conn.deferral = None
 
     def discard(self) -> None:
-        self._queued.clear()
-        self._size = 0
+        self._queued, self._labels, self._size = [], [], 0
         if self._conn.deferral is self:
             self._conn.deferral = None
 
@@ -156,30 +197,52 @@ class BatchDeferral(Deferral):
         Raises:
             StatementFailed: a statement failed (a queued one: with its label).
         """
-        return self._send(tail)
-
-    def _send(self, tail: Sequence[str] = ()) -> list[Any]:
-        batch = [*self._queued, *((sql, None) for sql in tail)]
-        self._queued, self._size = [], 0
-        if not batch:
-            return []
-        cursor = self._conn.dbapi.cursor()
-        done = 0
         rows: list[Any] = []
-        first_of_tail = len(batch) - len(tail)
-        try:
-            cursor.execute("; ".join(sql for sql, _ in batch))
-            while True:
-                if done >= first_of_tail:
-                    rows.append(None if cursor.description is None else cursor.fetchone())
-                done += 1
-                if not cursor.nextset():
-                    break
-        except Exception as exc:
-            raise StatementFailed(exc, batch[min(done, len(batch) - 1)][1]) from exc
-        finally:
-            cursor.close()
+        self._send(tail, rows)
         return rows
+
+    def mogrify(self, sql: str, params: Any) -> str:
+        """``sql`` with ``params`` written in as literals, as PyMySQL sends every statement."""
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.dbapi.cursor()
+        return str(cursor.mogrify(sql, params))
+
+    def _send(self, tail: Sequence[str] = (), rows: list[Any] | None = None) -> None:
+        """Send what is queued, then ``tail``; the first rows of ``tail`` into ``rows``."""
+        queued, labels = self._queued, self._labels
+        if queued:
+            self._queued, self._labels, self._size = [], [], 0
+            sql = "; ".join([*queued, *tail])
+        elif tail:
+            sql = "; ".join(tail)
+        else:
+            return
+        cursor = self._cursor
+        if cursor is None:
+            cursor = self._cursor = self._conn.dbapi.cursor()
+        done = 0
+        try:
+            cursor.execute(sql)
+            if rows is None:
+                done = 1
+                while cursor.nextset():
+                    done += 1
+            else:
+                first_of_tail = len(queued)
+                while True:
+                    if done >= first_of_tail:
+                        rows.append(None if cursor.description is None else cursor.fetchone())
+                    done += 1
+                    if not cursor.nextset():
+                        break
+        except Exception as exc:
+            # A cursor of unknown state: the next statement gets a new one.
+            self._cursor = None
+            with contextlib.suppress(Exception):
+                cursor.close()
+            # The statement that failed: one queued, else one of the tail (no label).
+            raise StatementFailed(exc, labels[done] if done < len(labels) else None) from exc
 
 
 class MySQLStrategy(DialectStrategy):
@@ -194,6 +257,10 @@ class MySQLStrategy(DialectStrategy):
     max_content_size = 1 << 30
     insert = staticmethod(insert)
     partitionable = True
+    # PyMySQL's cursors are Python objects (made, then closed by draining their
+    # results: a dozen calls), and its default cursor reads a result whole: once
+    # fetched, it holds nothing on the server.
+    reuses_cursors = True
 
     def connect_params(self, cparams: dict[str, Any], connect: float, read: float) -> None:
         cparams["connect_timeout"] = min(
@@ -205,6 +272,10 @@ class MySQLStrategy(DialectStrategy):
         # COMMIT, in one round trip (see BatchDeferral). PyMySQL escapes every value
         # client-side, as it always does, so no value can end a statement.
         cparams["client_flag"] = int(cparams.get("client_flag", 0)) | _MULTI_STATEMENTS
+        # Names come back as utf8mb4 text (see name_as_text): a connection in another
+        # character set would have the server convert them, and lose what it cannot
+        # represent. sqlstore sends every other value as bytes.
+        cparams["charset"] = "utf8mb4"
 
     def connect(self, dialect: Any, cargs: list[Any], cparams: dict[str, Any], read: float) -> Any:
         # PyMySQL's connect timeout covers the TCP connect only; waiting for the
@@ -253,6 +324,14 @@ class MySQLStrategy(DialectStrategy):
         # NOW() follows the session's time zone; DATETIME columns keep no zone.
         return func.utc_timestamp()
 
+    def name_as_text(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        # Names are stored as VARBINARY (see BytewiseString), which PyMySQL returns as
+        # bytes; decoding them in Python cost a call or two per row of a listing.
+        # Cast to text in the query, PyMySQL decodes them in its own loop over the
+        # columns, as it does for every text column. The connection's character set is
+        # utf8mb4 (see connect_params), so the server sends them unchanged.
+        return cast(column, CHAR(charset="utf8mb4"))
+
     def to_db_time(self, value: datetime) -> datetime:
         # DATETIME keeps whole seconds and would round, not truncate.
         return value.astimezone(UTC).replace(tzinfo=None, microsecond=0)
@@ -287,15 +366,38 @@ class MySQLStrategy(DialectStrategy):
         conn.sql("START TRANSACTION")
 
     def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        # The lock and the transaction in one round trip.
-        got = self._acquire(conn, key, timeout, then="START TRANSACTION")
+        # The transaction and the lock in one round trip, on the connection's kept
+        # cursor: with no parameters PyMySQL sends the SQL as it is (every value in it
+        # is one we made: the key's hex digits and a number of seconds).
+        wait = timeout_seconds(timeout)
+        dbapi = conn.dbapi
+        base = dbapi._read_timeout
+        # The wait happens in the server: the answer may take that much longer
+        # (read_timeout, written out: this runs on every lock).
+        dbapi._read_timeout = self.timeouts.read + wait
+        try:
+            (got,) = conn.first_of_last(_lock_sql(key, wait, True), 2)
+        except BaseException:
+            # The transaction may be open (the lock failed after it): never leave it.
+            self.abandon_locked(conn, key)
+            raise
+        finally:
+            dbapi._read_timeout = base
         if got != 1:
             # The transaction opened anyway; the lock was not taken (or failed).
-            conn.sql("ROLLBACK")
+            self.abandon_locked(conn, key)
             self._refuse(got, timeout)
 
     def acquire_nested(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        self._refuse(self._acquire(conn, key, timeout), timeout)
+        wait = timeout_seconds(timeout)
+        dbapi = conn.dbapi
+        base = dbapi._read_timeout
+        dbapi._read_timeout = self.timeouts.read + wait  # the wait is in the server
+        try:
+            (got,) = conn.first_of_last(_lock_sql(key, wait, False), 1)
+        finally:
+            dbapi._read_timeout = base
+        self._refuse(got, timeout)
 
     def begin_locked_reading(
         self, conn: PooledConnection, key: bytes, timeout: float, read: Read
@@ -304,13 +406,14 @@ class MySQLStrategy(DialectStrategy):
         # read runs after GET_LOCK has answered (in order), so under the lock.
         if conn.observer is not None:
             return super().begin_locked_reading(conn, key, timeout, read)
-        packet = BatchDeferral(conn, begin=False)
+        # The deferral the block takes next, sending its first packet.
+        packet = _spare(conn)
         try:
             got, _, found = self._locking(
                 conn,
                 packet,
                 timeout,
-                [self._get_lock(conn, key, timeout), "START TRANSACTION"],
+                [_lock_sql(key, timeout_seconds(timeout), False), "START TRANSACTION"],
                 read,
             )
         except BaseException:
@@ -337,19 +440,13 @@ class MySQLStrategy(DialectStrategy):
             return super().enter_nested(conn, savepoint, key, timeout, read)
         head = [f"SAVEPOINT {savepoint}"]
         if key is not None:
-            head.append(self._get_lock(conn, key, timeout))
+            head.append(_lock_sql(key, timeout_seconds(timeout), False))
         rows = self._locking(conn, deferral, timeout if key is not None else 0, head, read)
         if key is not None:
             got = rows[1]
             self._refuse(None if got is None else got[0], timeout)
         found = rows[-1] if read is not None else None
         return None if found is None or read is None else read[0].convert(found)
-
-    @staticmethod
-    def _get_lock(conn: PooledConnection, key: bytes, timeout: float) -> str:
-        """``GET_LOCK`` of ``key`` as literal SQL (to go in a packet with others)."""
-        params = {"key": key.hex(), "timeout": timeout_seconds(timeout)}
-        return _mogrify(conn, f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)", params)
 
     def _locking(
         self,
@@ -362,27 +459,17 @@ class MySQLStrategy(DialectStrategy):
         """``head``, then ``read``, sent by ``packet``; the first rows (``ask``)."""
         statements = list(head)
         if read is not None:
-            statements.append(_mogrify(conn, read[0].sql, read[0].args(read[1])))
+            statements.append(packet.mogrify(read[0].sql, read[0].args(read[1])))
         wait = timeout_seconds(timeout) if timeout else 0
-        # A lock wait happens in the server: the answer may take that much longer.
-        with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
-            return packet.ask(statements)
-
-    def _acquire(self, conn: PooledConnection, key: bytes, timeout: float, then: str = "") -> Any:
-        """``GET_LOCK``'s answer (1: taken, 0: timed out), with ``then`` run after it."""
-        wait = timeout_seconds(timeout)
-        sql = f"SELECT GET_LOCK({_LOCK_NAME}, %(timeout)s)" + (f"; {then}" if then else "")
-        cursor = conn.dbapi.cursor()
-        # The wait happens in the server: the answer may take that much longer.
+        # A lock wait happens in the server: the answer may take that much longer
+        # (read_timeout, written out).
+        dbapi = conn.dbapi
+        base = dbapi._read_timeout
+        dbapi._read_timeout = self.timeouts.read + wait
         try:
-            with self.read_timeout(conn.dbapi, self.timeouts.read + wait):
-                conn.run_on(cursor, sql, {"key": key.hex(), "timeout": wait})
-                (got,) = cursor.fetchone()
-                while cursor.nextset():
-                    pass
+            return packet.ask(statements)
         finally:
-            cursor.close()
-        return got
+            dbapi._read_timeout = base
 
     @staticmethod
     def _refuse(got: Any, timeout: float) -> None:
@@ -393,7 +480,9 @@ class MySQLStrategy(DialectStrategy):
         raise DatabaseError(f"GET_LOCK failed (returned {got!r})")
 
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
-        return BatchDeferral(conn, begin=begin)
+        if begin:  # a multi-statement transaction outside lock blocks (chunked writes)
+            return BatchDeferral(conn, begin=True)
+        return _spare(conn)
 
     def after_commit(self, keys: Iterable[bytes]) -> list[str]:
         return ["SELECT RELEASE_ALL_LOCKS()"] if keys else []
@@ -478,13 +567,12 @@ class MySQLStrategy(DialectStrategy):
         return dbapi_connection is not None and not dbapi_connection.open
 
 
-def _mogrify(conn: PooledConnection, sql: str, params: Any) -> str:
-    """``sql`` with ``params`` written in as literals, as PyMySQL sends every statement."""
-    cursor = conn.dbapi.cursor()
-    try:
-        return str(cursor.mogrify(sql, params))
-    finally:
-        cursor.close()
+def _spare(conn: PooledConnection) -> BatchDeferral:
+    """The lock blocks' deferral kept on ``conn`` (it holds nothing between blocks)."""
+    spare = conn.spare
+    if not isinstance(spare, BatchDeferral):
+        spare = conn.spare = BatchDeferral(conn, begin=False)
+    return spare
 
 
 def _error_number(exc: BaseException) -> int | None:
