@@ -365,7 +365,12 @@ class SQLFileStore:
             }
             rows = conn.all(sql.list_dir, params)
             probe = sql.next_subdir
-        files: builtins.list[str] = []
+        # Most directories hold files only: every row a file (kind 1), in name order.
+        files: builtins.list[str] = [name for kind, name, _ in rows if kind == 1]
+        if len(files) == len(rows):
+            files.sort()  # already in order, almost always: a linear pass
+            return files
+        files = []
         subdir: bytes | None = None
         for kind, name, parent in rows:
             if kind == 1:
