@@ -105,11 +105,6 @@ class Block:
         return self.generation != forking.generation
 
 
-def anywhere() -> bool:
-    """Whether any block is open in the caller's context (cheap: most calls have none)."""
-    return bool(_open.get())
-
-
 def current(database: object) -> Block | None:
     """The caller's own open block on ``database``, if any."""
     blocks = _open.get()

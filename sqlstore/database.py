@@ -170,7 +170,7 @@ class Database:
 
     def block(self) -> Block | None:
         """The caller's open lock block on this engine, if any."""
-        return blocks.current(self) if blocks.anywhere() else None
+        return blocks.current(self)
 
     def _in_block(self, block: Block, work: Callable[[PooledConnection], T]) -> T:
         conn = block.conn
@@ -377,7 +377,7 @@ class Database:
             LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
             DatabaseError: the database failed; nothing of the block is committed.
         """
-        block = blocks.current(self) if blocks.anywhere() else None
+        block = blocks.current(self)  # None at once where no block is open
         if block is None:
             return (
                 _OuterBlock(self, key, timeout)
@@ -738,22 +738,27 @@ class Database:
 class _OuterBlock:
     """The context manager of an outermost lock block (a class: it runs on every lock)."""
 
-    __slots__ = ("_block", "_db", "_entered", "_key", "_timeout")
+    __slots__ = ("_block", "_db", "_entered", "_key", "_opener", "_row", "_timeout")
 
     def __init__(self, db: Database, key: bytes, timeout: float) -> None:
         self._db = db
         self._key = key
         self._timeout = timeout
+        #: Opens the block instead of the strategy's ``begin_locked`` (a reading block).
+        self._opener: _Opener | None = None
+        #: The block's value: the read's first row, for a reading block.
+        self._row: Sequence[Any] | None = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> Sequence[Any] | None:
         db = self._db
-        block = self._block = db._begin_block(self._key, self._timeout)
+        block = self._block = db._begin_block(self._key, self._timeout, self._opener)
         try:
             self._entered = blocks.enter(db, block)
         except BaseException:
             db._roll_back(block, RuntimeError("the lock block was not entered"))
             db._close_block(block)
             raise
+        return self._row
 
     def __exit__(
         self,
@@ -775,28 +780,16 @@ class _OuterBlock:
 class _ReadingBlock(_OuterBlock):
     """An outermost lock block whose value is a query's first row, read with its lock."""
 
-    __slots__ = ("_read", "_row")
+    __slots__ = ("_read",)
 
     def __init__(self, db: Database, key: bytes, timeout: float, read: Read) -> None:
         super().__init__(db, key, timeout)
         self._read = read
-        self._row: Sequence[Any] | None = None
+        self._opener = self._open_reading
 
-    def __enter__(self) -> Sequence[Any] | None:  # type: ignore[override]
-        db, read = self._db, self._read
-
-        def opener(conn: PooledConnection, key: bytes, timeout: float) -> object:
-            witness, self._row = db.strategy.begin_locked_reading(conn, key, timeout, read)
-            return witness
-
-        block = self._block = db._begin_block(self._key, self._timeout, opener)
-        try:
-            self._entered = blocks.enter(db, block)
-        except BaseException:
-            db._roll_back(block, RuntimeError("the lock block was not entered"))
-            db._close_block(block)
-            raise
-        return self._row
+    def _open_reading(self, conn: PooledConnection, key: bytes, timeout: float) -> object:
+        witness, self._row = self._db.strategy.begin_locked_reading(conn, key, timeout, self._read)
+        return witness
 
 
 def _unwrap(exc: Exception) -> tuple[Exception, str | None]:

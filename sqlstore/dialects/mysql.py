@@ -160,10 +160,7 @@ class BatchDeferral(Deferral):
         self._cursor: Any = None
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
-        cursor = self._cursor
-        if cursor is None:
-            cursor = self._cursor = self._conn.dbapi.cursor()
-        sql: str = cursor.mogrify(statement.sql, statement.args(params))
+        sql = self.mogrify(statement.sql, statement.args(params))
         if self._size + len(sql) > _BATCH_BYTES:
             self._send()
         self._queued.append(sql)
@@ -203,10 +200,14 @@ class BatchDeferral(Deferral):
 
     def mogrify(self, sql: str, params: Any) -> str:
         """``sql`` with ``params`` written in as literals, as PyMySQL sends every statement."""
+        return str(self._kept_cursor().mogrify(sql, params))
+
+    def _kept_cursor(self) -> Any:
+        """The cursor this deferral writes out and sends statements with (made once)."""
         cursor = self._cursor
         if cursor is None:
             cursor = self._cursor = self._conn.dbapi.cursor()
-        return str(cursor.mogrify(sql, params))
+        return cursor
 
     def _send(self, tail: Sequence[str] = (), rows: list[Any] | None = None) -> None:
         """Send what is queued, then ``tail``; the first rows of ``tail`` into ``rows``."""
@@ -218,9 +219,7 @@ class BatchDeferral(Deferral):
             sql = "; ".join(tail)
         else:
             return
-        cursor = self._cursor
-        if cursor is None:
-            cursor = self._cursor = self._conn.dbapi.cursor()
+        cursor = self._kept_cursor()
         done = 0
         try:
             cursor.execute(sql)

@@ -149,12 +149,7 @@ class PipelineDeferral(Deferral):
         self._cursors: list[Any] = []
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
-        dbapi = self._conn.dbapi
-        if self._mode is None:
-            self._mode = dbapi.pipeline()
-            self._mode.__enter__()
-        cursors = self._cursors
-        cursor = cursors.pop() if cursors else dbapi.cursor()
+        cursor = self._next_cursor()
         self._sent.append((cursor, label))
         try:
             cursor.execute(statement.sql, statement.args(params))
@@ -165,6 +160,15 @@ class PipelineDeferral(Deferral):
     def sending(self) -> bool:
         """Whether statements were sent ahead whose answers are still to be read."""
         return self._mode is not None
+
+    def _next_cursor(self) -> Any:
+        """A cursor for the next statement sent ahead, in pipeline mode (entered if need be)."""
+        dbapi = self._conn.dbapi
+        if self._mode is None:
+            self._mode = dbapi.pipeline()
+            self._mode.__enter__()
+        cursors = self._cursors
+        return cursors.pop() if cursors else dbapi.cursor()
 
     def before_read(self) -> None:
         """Nothing to do: the read is answered after what was sent before it."""
@@ -182,14 +186,10 @@ class PipelineDeferral(Deferral):
         Raises:
             StatementFailed: a statement sent ahead before these failed.
         """
-        if self._mode is None:
-            self._mode = self._conn.dbapi.pipeline()
-            self._mode.__enter__()
-        dbapi, spare = self._conn.dbapi, self._cursors
         cursors = []
         try:
             for sql, params, returns_rows in statements:
-                cursor = spare.pop() if spare else dbapi.cursor()
+                cursor = self._next_cursor()
                 self._sent.append((cursor, None))
                 cursor.execute(sql, params)
                 cursors.append((cursor, returns_rows))
@@ -423,11 +423,7 @@ class PostgreSQLStrategy(DialectStrategy):
         # tells later whether a COMMIT that went unanswered landed (commit_outcome).
         try:
             if timeout == 0:
-                got, xid = conn.first_of_last(
-                    f"BEGIN; SELECT pg_try_advisory_xact_lock({advisory_key(key)}),"
-                    " pg_current_xact_id()::text",
-                    2,
-                )
+                got, xid = conn.first_of_last(self._begin_locked_sql(key, timeout), 2)
                 if not got:
                     raise LockTimeoutError("lock is held by another session (timeout=0)")
                 return xid
@@ -455,16 +451,12 @@ class PostgreSQLStrategy(DialectStrategy):
         # BEGIN, the lock with the transaction's id, and the read in one simple query:
         # one round trip, and less work here than a pipeline of three. The server runs
         # them in order; a failed lock wait skips the read.
-        witness = ", pg_current_xact_id()::text"
-        if timeout == 0:
-            lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)}){witness}"
-        else:
-            lock = f"{self._lock_sql(key, timeout)}{witness}"
         statement, params = read
         try:
             with self._patient(conn, timeout):
                 _, locked, found = self._results(
-                    conn, f"BEGIN; {lock}; {_literal(conn, statement, params)}"
+                    conn,
+                    f"{self._begin_locked_sql(key, timeout)}; {_literal(conn, statement, params)}",
                 )
             if locked is None or (timeout == 0 and not locked[0]):
                 raise LockTimeoutError("lock is held by another session (timeout=0)")
@@ -586,12 +578,19 @@ class PostgreSQLStrategy(DialectStrategy):
         return self.read_timeout(conn.dbapi, self.timeouts.read + timeout_seconds(wait))
 
     def _begin_locked_sql(self, key: bytes, timeout: float) -> str:
-        """``BEGIN``, the lock and the transaction's id (made once per key and timeout)."""
+        """``BEGIN``, then the lock and the transaction's id in one row (two statements).
+
+        The lock is tried once where ``timeout`` is 0. Made once per key and timeout.
+        """
         made = _begin_sql.get((key, timeout))
         if made is None:
             if len(_begin_sql) >= _BEGIN_SQL_MAX:
                 _begin_sql.clear()
-            made = f"BEGIN; {self._lock_sql(key, timeout)}, pg_current_xact_id()::text"
+            if timeout == 0:
+                lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"
+            else:
+                lock = self._lock_sql(key, timeout)
+            made = f"BEGIN; {lock}, pg_current_xact_id()::text"
             _begin_sql[key, timeout] = made
         return made
 
