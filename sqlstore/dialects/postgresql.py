@@ -107,9 +107,21 @@ def _timed_connection() -> Any:
                 # that was sent after it. Else a lock block's writes and COMMIT, sent
                 # together, could commit after the caller was told the block failed. Only
                 # where libpq bounds the cancel's own wait (17 and later).
+                bound = min(limit or _CANCEL_TIMEOUT, _CANCEL_TIMEOUT)
                 if capabilities.has_cancel_safe():
-                    with contextlib.suppress(Exception):
-                        self.cancel_safe(timeout=min(limit or _CANCEL_TIMEOUT, _CANCEL_TIMEOUT))
+                    try:
+                        self.cancel_safe(timeout=bound)
+                    except Exception:
+                        pass
+                    else:
+                        # The cancel only reached the server's postmaster. Wait (bounded)
+                        # for the server's answer to what it was cancelling: once it came,
+                        # the statement has ended there, and on Citus the coordinator has
+                        # also cancelled its part on a worker (it does so while aborting,
+                        # before it answers). Without this wait a worker's write could
+                        # still land after the caller was told it timed out.
+                        with contextlib.suppress(Exception):
+                            super().wait(gen, interval, bound)
                 # The protocol is mid-exchange: this connection can never be used again.
                 self.pgconn.finish()
                 raise ServerTimeout(
