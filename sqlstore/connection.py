@@ -27,7 +27,7 @@ driver's cursor.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,7 @@ class PooledConnection:
         "observer",
         "pool",
         "raw",
+        "simple",
         "spare",
         "statements",
         "statements_left",
@@ -84,6 +85,12 @@ class PooledConnection:
         # reuse it parked, where the driver makes cursors in Python (psycopg: a cursor
         # made and closed per statement cost more than the rest of the call).
         self._kept: Any = dbapi.cursor() if strategy.reuses_cursors else None
+        #: The driver connection's way to run statements without parameters and with
+        #: no cursor (see DialectStrategy.simple_queries), where it has one; only for
+        #: statements nobody observes.
+        self.simple: Callable[[bytes], list[Any]] | None = (
+            getattr(dbapi, "simple", None) if strategy.simple_queries else None
+        )
         self._strategy = strategy
         self.closed = False
         self.in_block = False
@@ -310,6 +317,10 @@ class PooledConnection:
         if self.deferral is not None:
             self.deferral.settle()
         if self.observer is None:
+            simple = self.simple
+            if simple is not None:
+                simple(sql.encode())
+                return
             kept = self._kept
             if kept is not None:
                 try:

@@ -76,6 +76,10 @@ class DialectStrategy(ABC):
     #: Whether the driver's connection runs a statement itself (``execute``, making and
     #: ending its cursor in C, as ``sqlite3`` does): the cheapest way to send ``COMMIT``.
     connection_executes: ClassVar[bool] = False
+    #: Whether the driver's connection runs statements without parameters with no
+    #: cursor at all (sqlstore's ``simple(query: bytes)`` on psycopg connections it
+    #: made): the cheapest way to open and end a lock block.
+    simple_queries: ClassVar[bool] = False
 
     # -- engines and connections ---------------------------------------------------
 
