@@ -15,6 +15,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
@@ -197,3 +198,33 @@ def test_stores_made_before_and_after_a_dispose_share_the_block(
         SQLFileStore(engine, namespace).write("b", "2")
     assert before.read("a") == "1"
     assert before.read("b") == "2"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_child_never_sends_on_its_parents_connection_without_a_cursor(
+    engine: sa.Engine,
+) -> None:
+    """The cursorless way a lock block opens and ends is behind the same fork guard.
+
+    A child asking it on an inherited connection gets an error before anything is sent,
+    so the parent's next statement reads its own answer, not one to the child's query.
+    """
+    raw = engine.raw_connection()
+    try:
+        dbapi = raw.dbapi_connection
+        assert dbapi is not None
+        assert dbapi.simple(b"SELECT 1")[0].get_value(0, 0) == b"1"
+        pid = os.fork()
+        if pid == 0:
+            try:
+                dbapi.simple(b"SELECT 41")
+            except psycopg.OperationalError:  # the guard's (what was sent: see below)
+                os._exit(0)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        cursor = dbapi.cursor()
+        cursor.execute("SELECT 2")
+        assert cursor.fetchone() == (2,)
+    finally:
+        raw.close()

@@ -83,10 +83,17 @@ def _timed_connection() -> Any:
     import psycopg
     from psycopg import capabilities, errors
     from psycopg.generators import execute
-    from psycopg.pq import ExecStatus
 
     wait_timeout: type[Exception] = errors._WaitTimeout
-    failed = ExecStatus.FATAL_ERROR
+    failed = _statuses()[1]
+
+    def send_and_fetch(pgconn: Any, query: bytes) -> Any:
+        """Send ``query`` and fetch its results, as one generator.
+
+        So the send is made inside ``wait`` too, behind its fork guard, as a cursor's is.
+        """
+        pgconn.send_query(query)
+        return (yield from execute(pgconn))
 
     class TimedConnection(psycopg.Connection[Any]):
         #: Seconds to wait for the server in any one wait; set by sqlstore.
@@ -146,8 +153,7 @@ def _timed_connection() -> Any:
             pgconn = self.pgconn
             if pgconn.pipeline_status:
                 raise psycopg.ProgrammingError("simple() is not for pipeline mode")
-            pgconn.send_query(query)
-            results: list[Any] = self.wait(execute(pgconn))
+            results: list[Any] = self.wait(send_and_fetch(pgconn, query))
             for result in results:
                 if result.status == failed:
                     raise errors.error_from_result(result, encoding=self.info.encoding)
