@@ -352,8 +352,14 @@ class PooledConnection:
             sql: The statements.
             statements: How many statements ``sql`` holds.
             wire_column: Only this column, as the server sent it (bytes; psycopg's
-                ``pgresult``): a one-tuple, without the cost of making the row.
+                ``pgresult``): a one-tuple, without the cost of making the row, and
+                with no cursor at all where the connection runs simple queries
+                (:attr:`simple`) and nobody observes the statements.
         """
+        if wire_column is not None and self.observer is None:
+            simple = self.simple
+            if simple is not None:  # no cursor: the server's results as they came
+                return (simple(sql.encode())[statements - 1].get_value(0, wire_column),)
         kept = self._kept
         cursor = kept if kept is not None and self.observer is None else self._dbapi.cursor()
         try:

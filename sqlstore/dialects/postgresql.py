@@ -63,8 +63,6 @@ _BEGIN_SQL_MAX = 4096
 #: Cursors a connection keeps for statements sent ahead in its next lock blocks.
 _SPARE_CURSORS = 8
 _begin_sql: dict[tuple[bytes, float], str] = {}
-#: The same, encoded (for ``simple``); filled alongside.
-_begin_sql_bytes: dict[tuple[bytes, float], bytes] = {}
 
 
 def advisory_key(key: bytes) -> int:
@@ -477,16 +475,7 @@ class PostgreSQLStrategy(DialectStrategy):
             base = getattr(dbapi, "read_timeout", None)
             dbapi.read_timeout = self.timeouts.read + timeout_seconds(timeout)
             try:
-                simple = conn.simple
-                if simple is not None and conn.observer is None:
-                    # The second statement's row, third column, as the server sent it.
-                    query = _begin_sql_bytes.get((key, timeout))
-                    if query is None:
-                        query = self._begin_locked_sql(key, timeout).encode()
-                        _begin_sql_bytes[key, timeout] = query
-                    xid = simple(query)[1].get_value(0, 2)
-                else:
-                    (xid,) = conn.first_of_last(self._begin_locked_sql(key, timeout), 2, 2)
+                (xid,) = conn.first_of_last(self._begin_locked_sql(key, timeout), 2, 2)
                 if xid is not None:
                     xid = bytes(xid).decode()
             finally:
@@ -639,7 +628,6 @@ class PostgreSQLStrategy(DialectStrategy):
         if made is None:
             if len(_begin_sql) >= _BEGIN_SQL_MAX:
                 _begin_sql.clear()
-                _begin_sql_bytes.clear()
             if timeout == 0:
                 lock = f"SELECT pg_try_advisory_xact_lock({advisory_key(key)})"
             else:
