@@ -136,7 +136,7 @@ def _sqlite_write_locked(url: URL) -> bool:
     try:
         probe.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as error:
-        if "locked" not in str(error) and "busy" not in str(error):
+        if error.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             raise
         return True
     else:
