@@ -171,3 +171,30 @@ def test_a_statement_prepared_after_a_failure_in_the_pipeline_is_never_missing(
         assert invalidated == [], "the refusal cost the pooled connection"
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("dropped_by", ["DEALLOCATE ALL", "DISCARD ALL"])
+def test_statements_a_block_prepared_are_prepared_again_once_dropped(
+    migrated_url: sa.URL, namespace: str, dropped_by: str
+) -> None:
+    """A lock block's writes go prepared by name on the connection. When the session's
+    prepared statements are dropped (here by a statement another user of the engine's
+    pool runs, which psycopg sees), the next block prepares them again: it must not
+    fail with "prepared statement does not exist"."""
+    engine = sqlstore.create_engine(migrated_url, pool_size=1, max_overflow=0)
+    try:
+        store = SQLFileStore(engine, namespace)
+        for i in range(6):  # psycopg prepares the read on the sixth run: it has names
+            with store.lock("l", timeout=5):
+                store.write(f"d/{i}", "x")
+            assert store.read(f"d/{i}") == "x"
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            # The pool's only connection: the one the blocks prepared their writes on.
+            conn.exec_driver_sql(dropped_by)
+        with store.lock("l", timeout=5):
+            store.write("d/after", "x")
+            store.delete("d/0")
+        assert store.list("d") == [*(f"d/{i}" for i in range(1, 6)), "d/after"]
+    finally:
+        engine.dispose()

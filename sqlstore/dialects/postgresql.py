@@ -8,14 +8,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import cache
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, TextClause
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import URL
 
 from .. import forking
-from ..deferral import Deferral, Params, StatementFailed
+from ..deferral import Deferral, Params
 from ..errors import LockTimeoutError, SchemaError
 from . import citus
 from .base import (
@@ -29,6 +29,7 @@ from .base import (
     timeout_seconds,
     typed_text,
 )
+from .pgqueue import QueueDeferral
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -60,8 +61,6 @@ _STATUS_POLL = 0.05
 #: The statements that open a lock block, by lock key and timeout (most blocks lock a
 #: path locked before: the SDK's event log); emptied when it holds this many.
 _BEGIN_SQL_MAX = 4096
-#: Cursors a connection keeps for statements sent ahead in its next lock blocks.
-_SPARE_CURSORS = 8
 _begin_sql: dict[tuple[bytes, float], str] = {}
 
 
@@ -101,6 +100,31 @@ def _timed_connection() -> Any:
             super().__init__(*args, **kwargs)
             #: The fork generation of the process that opened it (see sqlstore.forking).
             self.generation = forking.generation
+            #: Statements sqlstore prepared on it by name (see sqlstore.dialects.pgqueue).
+            self.prepared_names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
+            #: Names given so far: a name is never given twice on a connection.
+            self.names_given = 0
+            # When psycopg forgets its own prepared statements, sqlstore forgets its own
+            # too: psycopg saw them dropped (DISCARD ALL, DEALLOCATE ALL), or will drop
+            # them all itself (see _deallocate). As names are never reused, a statement
+            # prepared in between is only prepared once more later.
+            manager: Any = getattr(self, "_prepared", None)
+            clear = getattr(manager, "clear", None)
+            if callable(clear):
+                names = self.prepared_names
+
+                def clear_too() -> bool:
+                    names.clear()
+                    return bool(clear())
+
+                manager.clear = clear_too
+
+        def _deallocate(self, name: bytes | None) -> Any:
+            # psycopg deallocates every prepared statement (after a ROLLBACK TO
+            # SAVEPOINT, a DROP, a DISCARD ALL it ran): sqlstore's are gone then too.
+            if name is None:
+                self.prepared_names.clear()
+            return (yield from super()._deallocate(name))
 
         def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
             if self.generation != forking.generation:
@@ -164,180 +188,6 @@ def _timed_connection() -> Any:
     return TimedConnection
 
 
-class PipelineDeferral(Deferral):
-    """psycopg's pipeline mode for the rest of a lock block's transaction.
-
-    Deferred statements are sent at once without waiting for their answers; a read
-    is answered after them (the server keeps the order), and the ``COMMIT`` goes with
-    the last of them, so their answers all come back in the commit's round trip. The
-    pipeline is entered with the first deferred statement: a block that only reads
-    (or locks and unlocks) never pays for it. A statement that must wait for its answer
-    (a savepoint of a nested block) leaves the pipeline; the next deferred statement
-    enters it again.
-
-    An answer may arrive while later statements are still being sent: psycopg then
-    raises a failed statement's error from a later :meth:`defer` or from the
-    ``COMMIT``. Either way it is reported as that statement's :class:`StatementFailed`.
-    """
-
-    def __init__(self, conn: PooledConnection) -> None:
-        self._conn = conn
-        self._mode: Any = None
-        self._sent: list[tuple[Any, str | None]] = []
-        #: Cursors of earlier blocks on this connection, for the next statements sent
-        #: ahead (psycopg makes cursors in Python: one per statement cost more than
-        #: sending it).
-        self._cursors: list[Any] = []
-
-    def defer(self, statement: Statement, params: Params, label: str | None) -> None:
-        cursor = self._next_cursor()
-        self._sent.append((cursor, label))
-        try:
-            cursor.execute(statement.sql, statement.args(params))
-        except Exception as exc:
-            self._fail(exc)
-
-    @property
-    def sending(self) -> bool:
-        """Whether statements were sent ahead whose answers are still to be read."""
-        return self._mode is not None
-
-    def _next_cursor(self) -> Any:
-        """A cursor for the next statement sent ahead, in pipeline mode (entered if need be)."""
-        dbapi = self._conn.dbapi
-        if self._mode is None:
-            self._mode = dbapi.pipeline()
-            self._mode.__enter__()
-        cursors = self._cursors
-        return cursors.pop() if cursors else dbapi.cursor()
-
-    def before_read(self) -> None:
-        """Nothing to do: the read is answered after what was sent before it."""
-
-    def ask(self, statements: Sequence[tuple[str, Any, bool]]) -> list[Any]:
-        """Send ``statements`` after what was sent ahead, and wait once for them all.
-
-        Each is (SQL, parameters or ``None``, whether it returns rows). One round trip
-        for everything, the statements sent ahead before included; the pipeline stays
-        entered, so what is deferred next goes ahead again.
-
-        Returns:
-            The first row of each statement that returns rows, else ``None``, in order.
-
-        Raises:
-            StatementFailed: a statement sent ahead before these failed.
-        """
-        cursors = []
-        try:
-            for sql, params, returns_rows in statements:
-                cursor = self._next_cursor()
-                self._sent.append((cursor, None))
-                cursor.execute(sql, params)
-                cursors.append((cursor, returns_rows))
-            # The answers come in order: waiting for the last one's waits for them all.
-            return [cursor.fetchone() if returns_rows else None for cursor, returns_rows in cursors]
-        except Exception as exc:
-            # The pipeline is aborted until it syncs: leave it (the caller rolls back to
-            # a savepoint and goes on), staying this connection's way of deferring.
-            label = self._failed_label()
-            self._leave(quietly=True, detach=False)
-            if label is not None:
-                raise StatementFailed(exc, label) from exc
-            raise
-
-    def read_failed(self, exc: Exception) -> None:
-        if self._mode is None:
-            return
-        # The pipeline is aborted until it syncs; leave it, so the block can roll back.
-        label = self._failed_label()
-        self._leave(quietly=True)
-        if label is not None:
-            raise StatementFailed(exc, label) from exc
-
-    def settle(self) -> None:
-        self._leave(detach=False)
-
-    def commit(self, then: Sequence[str] = ()) -> None:
-        if self._mode is None:
-            # Nothing was sent ahead: a plain COMMIT on the kept cursor (most blocks
-            # that only read, and every lock and unlock).
-            conn = self._conn
-            if conn.deferral is self:
-                conn.deferral = None
-            conn.command("COMMIT")
-            for sql in then:
-                conn.command(sql)
-            return
-        try:
-            for sql in ("COMMIT", *then):
-                self._conn.dbapi.execute(sql)
-        except Exception as exc:
-            self._fail(exc)
-        self._leave()
-
-    def discard(self) -> None:
-        self._leave(quietly=True)
-
-    def _failed_label(self) -> str | None:
-        """The label of the first statement sent ahead that did not succeed."""
-        failed = _statuses()[1]
-        for cursor, label in self._sent:
-            result = cursor.pgresult
-            if result is None or result.status == failed:
-                return label
-        return None
-
-    def _aborted(self) -> bool:
-        """Whether a statement sent ahead failed or was skipped after a failure."""
-        done = _statuses()[0]
-        for cursor, _ in self._sent:
-            result = cursor.pgresult
-            if result is None or result.status not in done:
-                return True
-        return False
-
-    def _fail(self, exc: Exception) -> NoReturn:
-        """Raise ``exc`` as the failure of the first statement sent that failed."""
-        label = self._failed_label()
-        self._leave(quietly=True)
-        raise StatementFailed(exc, label) from exc
-
-    def _leave(self, *, quietly: bool = False, detach: bool = True) -> None:
-        """Sync (one round trip for everything sent) and leave pipeline mode.
-
-        Args:
-            quietly: Swallow the errors of what was sent (the block rolls back anyway).
-            detach: Stop deferring on this connection; else the next deferred
-                statement enters the pipeline again.
-        """
-        if detach and self._conn.deferral is self:
-            self._conn.deferral = None
-        if self._mode is None:
-            return
-        try:
-            self._mode.__exit__(None, None, None)
-        except Exception as exc:
-            if not quietly:
-                raise StatementFailed(exc, self._failed_label()) from exc
-        finally:
-            # psycopg prepares a statement on its sixth run by sending it prepared; in
-            # a pipeline aborted by an earlier failure the server skips that, yet
-            # psycopg records it as prepared, and every later run of it on this
-            # connection would fail ("prepared statement does not exist"). So psycopg
-            # forgets what it prepared here (it deallocates all with its next statement).
-            aborted = self._aborted()
-            if aborted:
-                _forget_prepared(self._conn.dbapi)
-            self._mode = None
-            keep = not aborted and not self._conn.closed
-            for cursor, _ in self._sent:
-                if keep and len(self._cursors) < _SPARE_CURSORS:
-                    self._cursors.append(cursor)
-                else:
-                    cursor.close()
-            self._sent.clear()
-
-
 @cache
 def _statuses() -> tuple[tuple[Any, ...], Any]:
     """Libpq's result statuses of a statement that succeeded, and of one that failed."""
@@ -356,18 +206,6 @@ def _literal(conn: PooledConnection, statement: Statement, params: Params) -> st
 
     with ClientCursor(conn.dbapi) as cursor:
         return cursor.mogrify(statement.sql, statement.args(params))
-
-
-def _forget_prepared(dbapi_connection: Any) -> None:
-    """Make psycopg forget its prepared statements, and drop them in the server.
-
-    psycopg has no public call for it: its own reaction to a ``DEALLOCATE ALL`` is
-    ``_prepared.clear()``, which also queues that statement for the next round trip.
-    """
-    prepared = getattr(dbapi_connection, "_prepared", None)
-    clear = getattr(prepared, "clear", None)
-    if callable(clear):
-        clear()
 
 
 class PostgreSQLStrategy(DialectStrategy):
@@ -531,11 +369,11 @@ class PostgreSQLStrategy(DialectStrategy):
         deferral = conn.deferral
         try:
             with self._patient(conn, 0 if key is None else timeout):
-                if isinstance(deferral, PipelineDeferral) and deferral.sending:
-                    statements = [(sql, None, sql.startswith("SELECT")) for sql in head]
+                if isinstance(deferral, QueueDeferral) and deferral.sending:
+                    tail: list[tuple[str | Statement, Params]] = [(sql, None) for sql in head]
                     if read is not None:
-                        statements.append((read[0].sql, read[0].args(read[1]), True))
-                    rows = deferral.ask(statements)
+                        tail.append(read)
+                    rows = deferral.ask(tail)
                 else:
                     if deferral is not None:
                         deferral.settle()  # nothing is waiting for an answer: no I/O
@@ -571,7 +409,7 @@ class PostgreSQLStrategy(DialectStrategy):
             return None
         spare = conn.spare
         if spare is None:
-            spare = conn.spare = PipelineDeferral(conn)
+            spare = conn.spare = QueueDeferral(conn)
         return spare
 
     def commit_outcome(
