@@ -198,3 +198,20 @@ def test_statements_a_block_prepared_are_prepared_again_once_dropped(
         assert store.list("d") == [*(f"d/{i}" for i in range(1, 6)), "d/after"]
     finally:
         engine.dispose()
+
+
+def test_a_block_larger_than_one_batch_still_rolls_back_whole(store: SQLFileStore) -> None:
+    """Where writes are queued, a block's queue is sent ahead once it holds a few MiB:
+    what was sent so far is still the block's, and leaves with it."""
+    store.write("f", "a file")
+    big = b"x" * (1 << 20)
+    with pytest.raises(FileExistsError, match="'f/g'"), store.lock("l", timeout=30):
+        for i in range(6):  # more than one batch (4 MiB on PostgreSQL)
+            store.write(f"big/{i}", big)
+        store.write("f/g", "below a file")
+    assert store.list("") == ["f"]
+    with store.lock("l", timeout=30):
+        for i in range(6):
+            store.write(f"big/{i}", big)
+    assert store.read_bytes("big/5") == big
+    assert len(store.list("big")) == 6

@@ -108,6 +108,12 @@ class QueueDeferral(Deferral):
         return bool(self._queued)
 
     def defer(self, statement: Statement, params: Params, label: str | None) -> None:
+        self._queue(*self._encode(statement, params, label))
+
+    def _encode(
+        self, statement: Statement, params: Params, label: str | None
+    ) -> tuple[Queued, int]:
+        """``statement`` as it is queued, and the bytes of its binary parameters."""
         sql, names = shape(statement.sql)
         args = statement.args(params)
         values: list[Any] = []
@@ -138,9 +144,8 @@ class QueueDeferral(Deferral):
                 else:
                     break
             else:
-                self._queue((sql, values, formats, tuple(types), label), size)
-                return
-        self._queue(self._adapted(sql, [args[name] for name in names], label), 0)
+                return (sql, values, formats, tuple(types), label), size
+        return self._adapted(sql, [args[name] for name in names], label), 0
 
     def _adapted(self, sql: bytes, values: list[Any], label: str | None) -> Queued:
         """A statement whose values only psycopg's adapters know how to send."""
@@ -176,16 +181,18 @@ class QueueDeferral(Deferral):
         parameters. ``None`` for one that returns no rows.
 
         Raises:
-            StatementFailed: a queued statement failed (with its label), or one of
-                ``tail`` did (without).
+            StatementFailed: a queued statement failed (with its label).
+            psycopg.Error: one of ``tail`` failed (the caller tells a lock wait's
+                timeout by it).
         """
         start = len(self._queued)
         for what, params in tail:
             if isinstance(what, str):
                 self._queued.append((what.encode(), [], [], (), None))
             else:
-                self.defer(what, params, None)
-        results = self._send()
+                # Queued as they are: never sent before the rest of ``tail`` is queued.
+                self._queued.append(self._encode(what, params, None)[0])
+        results = self._send(first_unlabelled=start)
         transformer = _libpq()[4](self._conn.dbapi)
         rows: list[Any] = []
         for result in results[start:]:
@@ -220,11 +227,12 @@ class QueueDeferral(Deferral):
         if self._conn.deferral is self:
             self._conn.deferral = None
 
-    def _send(self) -> list[Any]:
+    def _send(self, first_unlabelled: int | None = None) -> list[Any]:
         """Send the queue in one pipeline and wait for every answer; their results.
 
         Raises:
             StatementFailed: the first statement that failed, with its label.
+            psycopg.Error: the first that failed is at ``first_unlabelled`` or later.
         """
         queued, self._queued, self._size = self._queued, [], 0
         dbapi = self._conn.dbapi
@@ -238,28 +246,34 @@ class QueueDeferral(Deferral):
         # A result per statement, and one first per statement prepared with it.
         statements: list[Any] = []
         index = 0
-        for item in queued:
+        for position, item in enumerate(queued):
             key = (item[0], item[3])
             if prepared is not None and key in pending:
                 result = results[index]
                 index += 1
                 name = pending.pop(key)
                 if result.status == failed_status:
-                    self._fail(result, item[4])
+                    self._fail(result, item[4], wrapped=self._wraps(position, first_unlabelled))
                 if result.status in ok:
                     prepared[key] = name
             statements.append(results[index])
             index += 1
-        for item, result in zip(queued, statements, strict=True):
+        for position, (item, result) in enumerate(zip(queued, statements, strict=True)):
             if result.status == failed_status:
-                self._fail(result, item[4])
+                self._fail(result, item[4], wrapped=self._wraps(position, first_unlabelled))
         return statements
 
-    def _fail(self, result: Any, label: str | None) -> NoReturn:
+    @staticmethod
+    def _wraps(position: int, first_unlabelled: int | None) -> bool:
+        return first_unlabelled is None or position < first_unlabelled
+
+    def _fail(self, result: Any, label: str | None, *, wrapped: bool) -> NoReturn:
         dbapi = self._conn.dbapi
         error = _libpq()[3](result, encoding=dbapi.info.encoding)
         if getattr(error, "sqlstate", None) == _NOT_PREPARED and self._prepared is not None:
             self._prepared.clear()  # the server lost them (DISCARD ALL): prepare again
+        if not wrapped:
+            raise error
         raise StatementFailed(error, label) from error
 
 
