@@ -8,8 +8,8 @@ which errors mean what (that is :mod:`sqlstore.database`).
 Statements whose answer nobody waits for — the writes and deletes of a lock block or
 of a multi-statement transaction — are handed to :meth:`PooledConnection.defer`. Where
 the dialect can send statements ahead (:class:`Deferral`: PostgreSQL's pipeline mode,
-MySQL's multi-statement packets), they travel together with the next statement that
-needs an answer, at the latest with the ``COMMIT``: one round trip for all of them. A
+MySQL's multi-statement packets), they are queued and travel with the ``COMMIT`` (or
+just before the next statement that needs an answer): one round trip for all of them. A
 deferred statement that fails is reported then, as
 :class:`~sqlstore.deferral.StatementFailed`.
 
@@ -428,7 +428,7 @@ class PooledConnection:
         """Give the connection back to the pool."""
         if self.closed:
             return
-        if self.deferral is not None:  # never hand a connection in pipeline mode on
+        if self.deferral is not None:  # never hand on a connection with a block open
             self.rollback_quietly()
             if self.closed:
                 return
@@ -451,15 +451,14 @@ class PooledConnection:
         deferral, self.deferral = self.deferral, None
         self.raw.invalidate(exc)
         if deferral is not None:
-            # Ended now, on the closed connection (no I/O), rather than by the garbage
-            # collector later, which would log an error for an open psycopg pipeline.
+            # What it queued is dropped now, with no I/O: nothing of it is ever sent.
             deferral.discard()
 
     def abandon(self) -> None:
         """Let go of the connection without touching it (it belongs to another process).
 
-        What it still refers to is kept for the life of the process: an open psycopg
-        pipeline, finalised by this process's garbage collector, would end itself on the
+        What it still refers to is kept for the life of the process, never finalised
+        here: nothing this process's garbage collector runs may end anything on the
         other process's connection.
         """
         self.closed = True
