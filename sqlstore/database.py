@@ -641,6 +641,7 @@ class Database:
             problem = self.strategy.node_problem(conn)
             if problem is not None:
                 raise SchemaError(f"{self.safe_url}: {problem}")
+            self.statements.routed_writes = self.strategy.routes_writes(conn)
             found = self._read_revision(conn)
             if found != SCHEMA_REVISION:
                 raise SchemaError(self.schema_message(found))

@@ -33,6 +33,7 @@ from sqlalchemy import (
     text,
     type_coerce,
     union_all,
+    update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Dialect
@@ -185,7 +186,12 @@ class Statements:
         self._dialect = dialect
         self._strategy = strategy
         self._writes: dict[int, Statement] = {}
+        self._routed: dict[int, tuple[Statement, ...]] = {}
         self._releases: dict[str, Statement] = {}
+        #: Whether a write goes as statements a distributed database routes whole to
+        #: the one node holding the namespace (see :meth:`writes`); set once the engine's
+        #: database is known to be a Citus coordinator.
+        self.routed_writes = False
         compile_ = self._compile
         # File names as the query returns them (see DialectStrategy.name_as_text).
         as_text = strategy.name_as_text
@@ -290,6 +296,57 @@ class Statements:
         if found is None:
             found = self._releases[name] = self._compile(text(f"RELEASE SAVEPOINT {name}"))
         return found
+
+    def writes(self, depth: int) -> tuple[Statement, ...]:
+        """The statements of a write ``depth`` directories deep, run in this order.
+
+        :meth:`write` alone; where :attr:`routed_writes`, its two tree rules as
+        ``UPDATE`` statements that fail with the same error codes when a row makes them
+        refuse (and change nothing otherwise), then a plain ``INSERT ... VALUES ... ON
+        CONFLICT``. Citus routes each of those whole to the namespace's shard, so a lock
+        block's transaction touches one node and commits in one phase; the single
+        ``INSERT ... SELECT`` of :meth:`write` it runs through the coordinator, and
+        commits in two.
+        """
+        if not self.routed_writes:
+            return (self.write(depth),)
+        found = self._routed.get(depth)
+        if found is not None:
+            return found
+        checks: list[Any] = []
+        if depth:
+            ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
+            # A file among the ancestors: its content cannot turn NULL (not_null_violation).
+            below_a_file = update(files).where(_ns, _f.file_id.in_(ancestors))
+            checks.append(below_a_file.values(content=null()))
+        # A file below the path (it is a directory): any chunk_count minus 2**31 + 1 is
+        # out of the integer's range (numeric_value_out_of_range). Computed per row, so
+        # the error can only come from a row that matched.
+        overflow = _f.chunk_count - literal_column("2147483647") - literal_column("2")
+        checks.append(update(files).where(_ns, _in_range).values(chunk_count=overflow))
+        now = self._strategy.utc_now()
+        plain = (
+            type(self._strategy)
+            .insert(files)
+            .values(
+                file_id=bindparam("fid", type_=FileId),
+                namespace=bindparam("ns", type_=_f.namespace.type),
+                parent=bindparam("key", type_=DirKey),
+                name=bindparam("name", type_=_f.name.type),
+                content=bindparam("content", type_=Content),
+                size=bindparam("size", type_=BigInteger),
+                chunk_count=bindparam("chunk_count", type_=Integer),
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        replaced = ("content", "size", "chunk_count", "updated_at")
+        upsert = plain.on_conflict_do_update(
+            index_elements=list(files.primary_key),
+            set_={name: plain.excluded[name] for name in replaced},
+        )
+        found = (*(self._compile(c) for c in checks), self._compile(upsert))
+        return self._routed.setdefault(depth, found)
 
     def write(self, depth: int) -> Statement:
         """Insert or overwrite a file ``depth`` directories deep, unless a tree rule forbids it.

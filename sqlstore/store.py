@@ -188,19 +188,22 @@ class SQLFileStore:
             depth = len(ancestors)
             params.update(ancestors)
         sql = self._sql
-        write = sql.write(depth)
+        writes = sql.writes(depth)
 
         def run(conn: PooledConnection) -> None:
             # A tree rule that forbids the write makes it fail in the database (see
             # Statements.write): inside a lock block, possibly only when the block ends.
-            if len(pieces) == 1:
+            if len(pieces) == 1 and len(writes) == 1:
                 # One statement, also where contents may be chunked: readers use only
                 # the chunks the row counts, so chunks a larger version left behind are
                 # never read; the next chunked write or the delete removes them.
-                conn.defer(write, params, path)
+                conn.defer(writes[0], params, path)
                 return
             with conn.transaction():
-                conn.defer(write, params, path)
+                for write in writes:  # the tree rules, then the write (Statements.writes)
+                    conn.defer(write, params, path)
+                if len(pieces) == 1:
+                    return
                 conn.defer(sql.delete_chunks, {"ns": ns, "fid": fid}, path)
                 for seq, piece in enumerate(pieces[1:], start=1):
                     chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}

@@ -319,6 +319,13 @@ class DialectStrategy(ABC):
         """Commit or roll back the open transaction, then release session-level locks."""
         conn.sql("COMMIT" if commit else "ROLLBACK")
 
+    def routes_writes(self, conn: PooledConnection) -> bool:
+        """Whether writes must go as statements routed whole to one node (Citus).
+
+        Asked once per engine, with the schema check (see ``Statements.writes``).
+        """
+        return False
+
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
         """How ``conn`` sends statements ahead in a transaction, or ``None``: one at a time.
 

@@ -90,9 +90,9 @@ class QueueDeferral(Deferral):
     Kept on its connection for the next block (it holds nothing between blocks).
     """
 
-    def __init__(self, conn: PooledConnection) -> None:
+    def __init__(self, conn: PooledConnection, *, begin: bool = False) -> None:
         self._conn = conn
-        self._queued: list[Queued] = []
+        self._queued: list[Queued] = [(b"BEGIN", [], [], (), None)] if begin else []
         self._size = 0
         dbapi = conn.dbapi
         #: Names of the shapes prepared on this connection (kept by the driver

@@ -404,9 +404,10 @@ class PostgreSQLStrategy(DialectStrategy):
             cursor.close()
 
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
-        # Lock blocks only: every other transaction here is a single statement.
         if begin:
-            return None
+            # A transaction outside lock blocks (a routed write, a transfer): its BEGIN
+            # goes with what it sends first.
+            return QueueDeferral(conn, begin=True)
         spare = conn.spare
         if spare is None:
             spare = conn.spare = QueueDeferral(conn)
@@ -509,12 +510,13 @@ class PostgreSQLStrategy(DialectStrategy):
         yield
 
     def node_problem(self, conn: PooledConnection) -> str | None:
-        def rows(sql: str) -> Any:
-            with conn.dbapi.cursor() as cursor:
-                cursor.execute(sql)
-                return cursor.fetchall()
-
+        rows = _pooled_rows(conn)
         return citus.worker_problem(rows) if citus.installed(rows) else None
+
+    def routes_writes(self, conn: PooledConnection) -> bool:
+        # On a Citus coordinator: its INSERT ... SELECT goes through the coordinator and
+        # commits in two phases (see Statements.writes).
+        return citus.installed(_pooled_rows(conn))
 
     def check_node(self, conn: Connection) -> None:
         rows = _rows(conn)
@@ -635,6 +637,17 @@ class PostgreSQLStrategy(DialectStrategy):
             return True
         code = getattr(exc, "sqlstate", None)
         return code is not None and (code.startswith("08") or code in _SERVER_GONE)
+
+
+def _pooled_rows(conn: PooledConnection) -> citus.Rows:
+    """``rows(sql)`` on a pooled connection (see :mod:`sqlstore.dialects.citus`)."""
+
+    def rows(sql: str) -> Any:
+        with conn.dbapi.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
+    return rows
 
 
 def _rows(conn: Connection) -> citus.Rows:
