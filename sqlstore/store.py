@@ -188,11 +188,12 @@ class SQLFileStore:
             depth = len(ancestors)
             params.update(ancestors)
         sql = self._sql
-        writes = sql.writes(depth)
 
         def run(conn: PooledConnection) -> None:
             # A tree rule that forbids the write makes it fail in the database (see
             # Statements.write): inside a lock block, possibly only when the block ends.
+            # Chosen here, after the engine's schema check, which says how writes go.
+            writes = sql.writes(depth)
             if len(pieces) == 1 and len(writes) == 1:
                 # One statement, also where contents may be chunked: readers use only
                 # the chunks the row counts, so chunks a larger version left behind are
