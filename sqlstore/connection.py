@@ -166,10 +166,6 @@ class PooledConnection:
                 observing.execute(self.observer, cursor, statement.sql, statement.args(params))
             else:
                 cursor.execute(statement.sql, statement.args(params))
-        except Exception as exc:
-            cursor.close()
-            self._read_failed(exc)
-            raise
         except BaseException:
             cursor.close()
             raise
@@ -186,10 +182,6 @@ class PooledConnection:
             cursor.execute(sql)
         else:
             cursor.execute(sql, params)
-
-    def _read_failed(self, exc: Exception) -> None:
-        if self.deferral is not None:
-            self.deferral.read_failed(exc)
 
     def rowcount(self, statement: Statement, params: Params = None) -> int:
         """Run a DML statement and return the number of rows it changed."""
@@ -219,20 +211,14 @@ class PooledConnection:
         """Run a query and return its first row, converted, or ``None``."""
         kept = self._kept
         if kept is not None and self.observer is None:
-            # In a transaction with statements sent ahead too: the read is answered
-            # after them (see Deferral.before_read).
+            # In a transaction with statements sent ahead too: they are answered before
+            # the read (see Deferral.before_read).
             self.statements += 1
-            deferral = self.deferral
-            if deferral is not None:
-                deferral.before_read()
+            if self.deferral is not None:
+                self.deferral.before_read()
             try:
                 kept.execute(statement.sql, statement.args(params))
                 found = kept.fetchone()
-            except Exception as exc:
-                self._drop_kept()
-                if deferral is not None:
-                    self._read_failed(exc)
-                raise
             except BaseException:
                 self._drop_kept()
                 raise
@@ -240,9 +226,6 @@ class PooledConnection:
         cursor = self.execute(statement, params)
         try:
             row = cursor.fetchone()
-        except Exception as exc:
-            self._read_failed(exc)
-            raise
         finally:
             cursor.close()
         return None if row is None else statement.convert(row)
@@ -257,20 +240,14 @@ class PooledConnection:
         """Run a query and return all rows, converted."""
         kept = self._kept
         if kept is not None and self.observer is None:
-            # In a transaction with statements sent ahead too: the read is answered
-            # after them (see Deferral.before_read).
+            # In a transaction with statements sent ahead too: they are answered before
+            # the read (see Deferral.before_read).
             self.statements += 1
-            deferral = self.deferral
-            if deferral is not None:
-                deferral.before_read()
+            if self.deferral is not None:
+                self.deferral.before_read()
             try:
                 kept.execute(statement.sql, statement.args(params))
                 found: list[Sequence[Any]] = kept.fetchall()
-            except Exception as exc:
-                self._drop_kept()
-                if deferral is not None:
-                    self._read_failed(exc)
-                raise
             except BaseException:
                 self._drop_kept()
                 raise
@@ -278,9 +255,6 @@ class PooledConnection:
         cursor = self.execute(statement, params)
         try:
             rows: list[Sequence[Any]] = cursor.fetchall()
-        except Exception as exc:
-            self._read_failed(exc)
-            raise
         finally:
             cursor.close()
         return rows if statement.plain else [statement.convert(row) for row in rows]

@@ -46,10 +46,6 @@ class Deferral(ABC):
         """
 
     @abstractmethod
-    def read_failed(self, exc: Exception) -> None:
-        """A read raised ``exc``; raise :class:`StatementFailed` if a deferred one caused it."""
-
-    @abstractmethod
     def settle(self) -> None:
         """Wait for every deferred statement (a statement that needs its answer follows).
 

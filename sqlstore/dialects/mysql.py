@@ -170,9 +170,6 @@ class BatchDeferral(Deferral):
     def before_read(self) -> None:
         self._send()
 
-    def read_failed(self, exc: Exception) -> None:
-        """Nothing to do: what was deferred ran, and was checked, before the read."""
-
     def settle(self) -> None:
         self._send()
 

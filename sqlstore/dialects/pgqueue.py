@@ -167,9 +167,6 @@ class QueueDeferral(Deferral):
         if self._queued:
             self._send()
 
-    def read_failed(self, exc: Exception) -> None:
-        """Nothing to do: what was queued ran, and was checked, before the read."""
-
     def settle(self) -> None:
         if self._queued:
             self._send()
