@@ -75,13 +75,20 @@ def shape(sql: str) -> Shape:
 
 @cache
 def _libpq() -> tuple[Any, ...]:
-    """What is used of psycopg: its generators, statuses, errors and row loader."""
+    """What is used of psycopg: its generators, its errors and its row loader."""
     from psycopg import errors
     from psycopg.adapt import Transformer
     from psycopg.generators import fetch_many, send
+
+    return send, fetch_many, errors.error_from_result, Transformer
+
+
+@cache
+def statuses() -> tuple[tuple[Any, ...], Any]:
+    """Libpq's result statuses of a statement that succeeded, and of one that failed."""
     from psycopg.pq import ExecStatus
 
-    return send, fetch_many, ExecStatus, errors.error_from_result, Transformer
+    return (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK), ExecStatus.FATAL_ERROR
 
 
 class QueueDeferral(Deferral):
@@ -149,9 +156,9 @@ class QueueDeferral(Deferral):
 
     def _adapted(self, sql: bytes, values: list[Any], label: str | None) -> Queued:
         """A statement whose values only psycopg's adapters know how to send."""
-        from psycopg.adapt import PyFormat, Transformer
+        from psycopg.adapt import PyFormat
 
-        transformer = Transformer(self._conn.dbapi)
+        transformer = _libpq()[3](self._conn.dbapi)
         dumped = transformer.dump_sequence(values, [PyFormat.AUTO] * len(values))
         formats = [int(f) for f in transformer.formats or ()]
         return sql, list(dumped), formats, tuple(transformer.types or ()), label
@@ -190,7 +197,7 @@ class QueueDeferral(Deferral):
                 # Queued as they are: never sent before the rest of ``tail`` is queued.
                 self._queued.append(self._encode(what, params, None)[0])
         results = self._send(first_unlabelled=start)
-        transformer = _libpq()[4](self._conn.dbapi)
+        transformer = _libpq()[3](self._conn.dbapi)
         rows: list[Any] = []
         for result in results[start:]:
             if result.ntuples:
@@ -238,8 +245,7 @@ class QueueDeferral(Deferral):
             prepared = None  # not one more name on this connection: unnamed from now
         pending: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
         results: list[Any] = dbapi.wait(_pipeline(dbapi, queued, prepared, pending))
-        status = _libpq()[2]
-        failed_status, ok = status.FATAL_ERROR, (status.COMMAND_OK, status.TUPLES_OK)
+        ok, failed_status = statuses()
         # A result per statement, and one first per statement prepared with it.
         statements: list[Any] = []
         index = 0
@@ -266,7 +272,7 @@ class QueueDeferral(Deferral):
 
     def _fail(self, result: Any, label: str | None, *, wrapped: bool) -> NoReturn:
         dbapi = self._conn.dbapi
-        error = _libpq()[3](result, encoding=dbapi.info.encoding)
+        error = _libpq()[2](result, encoding=dbapi.info.encoding)
         if getattr(error, "sqlstate", None) == _NOT_PREPARED and self._prepared is not None:
             self._prepared.clear()  # the server lost them (DISCARD ALL): prepare again
         if not wrapped:

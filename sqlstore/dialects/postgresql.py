@@ -29,7 +29,7 @@ from .base import (
     timeout_seconds,
     typed_text,
 )
-from .pgqueue import QueueDeferral
+from .pgqueue import QueueDeferral, statuses
 
 if TYPE_CHECKING:
     from ..connection import PooledConnection
@@ -82,7 +82,7 @@ def _timed_connection() -> Any:
     from psycopg.generators import execute
 
     wait_timeout: type[Exception] = errors._WaitTimeout
-    failed = _statuses()[1]
+    failed = statuses()[1]
 
     def send_and_fetch(pgconn: Any, query: bytes) -> Any:
         """Send ``query`` and fetch its results, as one generator.
@@ -186,14 +186,6 @@ def _timed_connection() -> Any:
 
     TimedConnection.ServerTimeout = ServerTimeout  # type: ignore[attr-defined]
     return TimedConnection
-
-
-@cache
-def _statuses() -> tuple[tuple[Any, ...], Any]:
-    """Libpq's result statuses of a statement that succeeded, and of one that failed."""
-    from psycopg.pq import ExecStatus
-
-    return (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK), ExecStatus.FATAL_ERROR
 
 
 def _literal(conn: PooledConnection, statement: Statement, params: Params) -> str:
