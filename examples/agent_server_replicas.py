@@ -309,20 +309,54 @@ Launcher = Callable[[str, Path, int, bool], Any]
 def _replicas(
     url: str, root: Path, launch: Launcher, telemetry: bool
 ) -> Iterator[list[tuple[Any, Client]]]:
-    started = []
+    started: list[tuple[Any, Client]] = []
     try:
-        for name in ("a", "b"):  # both start at once: start-up is mostly imports
-            port = free_port()
-            process = launch(url, root / name, port, telemetry)
-            started.append((process, Client(f"http://127.0.0.1:{port}")))
-        for process, client in started:
-            wait_ready(client.base, lambda process=process: process.poll() is None)
+        homes = [root / name for name in ("a", "b")]
+        logs = [_log_size(home) for home in homes]
+        for home in homes:  # both start at once: start-up is mostly imports
+            started.append(_launch(url, home, launch, telemetry))
+        for index, home in enumerate(homes):
+            # A port picked free can be taken before the server binds it (any process's
+            # outgoing connection may get it): then that replica starts on another one.
+            for attempt in range(3):
+                process, client = started[index]
+                try:
+                    wait_ready(client.base, lambda process=process: process.poll() is None)
+                    break
+                except RuntimeError as exc:
+                    log = _log_since(home, logs[index])
+                    if "address already in use" not in log.lower() or attempt == 2:
+                        raise RuntimeError(f"{exc}; the end of its log:\n{log}") from None
+                logs[index] = _log_size(home)
+                started[index] = _launch(url, home, launch, telemetry)
         yield started
     finally:
         for process, _ in started:
             if process.poll() is None:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+def _launch(url: str, home: Path, launch: Launcher, telemetry: bool) -> tuple[Any, Client]:
+    port = free_port()
+    return launch(url, home, port, telemetry), Client(f"http://127.0.0.1:{port}")
+
+
+def _log_size(home: Path) -> int:
+    log = home / "server.log"
+    return log.stat().st_size if log.exists() else 0
+
+
+def _log_since(home: Path, offset: int, lines: int = 40) -> str:
+    """The last ``lines`` of what a replica logged after ``offset`` (its log may be appended to)."""
+    log = home / "server.log"
+    if not log.exists():
+        return "(no log)"
+    with log.open("rb") as handle:
+        # A launcher that truncates the log on start (``start_replica``) starts it again at 0.
+        handle.seek(offset if log.stat().st_size >= offset else 0)
+        text = handle.read().decode(errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _show(events: list[dict[str, Any]]) -> None:

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -648,14 +649,28 @@ def test_the_example_shares_a_conversation_and_survives_killing_its_owner(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """``examples/agent_server_replicas.py`` as the agent-server guide runs it (its default,
-    relative SQLite URL), with the replicas forked by the zygote instead of started cold."""
+    relative SQLite URL), with the replicas forked by the zygote instead of started cold.
+
+    The first port it picks is taken (as when another process's connection gets a port
+    between the pick and the server's bind): that replica starts again on another one.
+    """
     monkeypatch.chdir(tmp_path)
-    example.main(
-        [],
-        launch=lambda url, home, port, telemetry: ZygoteProcess(
-            zygote, url, home, port, telemetry=telemetry
-        ),
-    )
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    ports = [busy]
+    picked = example.free_port
+    monkeypatch.setattr(example, "free_port", lambda: ports.pop(0) if ports else picked())
+    launched: list[int] = []
+
+    def launch(url: str, home: Path, port: int, telemetry: bool) -> ZygoteProcess:
+        launched.append(port)
+        return ZygoteProcess(zygote, url, home, port, telemetry=telemetry)
+
+    with taken:
+        example.main([], launch=launch)
+    assert len(launched) == 3 and launched[0] == busy not in launched[1:]
     out = capsys.readouterr().out
     assert "database: sqlite:///agent-server-demo.db" in out
     assert "B lists it: True" in out
