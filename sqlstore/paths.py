@@ -75,12 +75,32 @@ def normalize(path: object) -> str:
         found = _normalised.get(path)
         if found is not None:
             return found
-    normal = _normalize(path)
-    if len(path) > MAX_PATH_LENGTH:  # type: ignore[arg-type]  # a str: _normalize checked it
-        return normal
+        # Most paths are normal already (the SDK writes events/event-00042-<id>.json):
+        # a few substring tests prove it for less than half the cost of normpath, which
+        # converts the path to wide characters and back. Normal: no empty, "." or ".."
+        # part, no leading or trailing "/", nothing to rewrite. Every "." or ".." part
+        # is followed by "/" unless it ends the path, which must not end in ".".
+        if (
+            path
+            and path[0] != "/"
+            and path[-1] not in "/."
+            and "./" not in path
+            and "//" not in path
+            and "\\" not in path
+            and "\x00" not in path
+            and len(path) <= MAX_PATH_LENGTH
+            and path.isascii()
+        ):
+            normal = path
+        else:
+            normal = _normalize(path)
+            if len(path) > MAX_PATH_LENGTH:
+                return normal
+    else:
+        return _normalize(path)  # a subclass of str (not cached), or a TypeError
     if len(_normalised) >= _NORMALISED_MAX:
         _normalised.clear()
-    _normalised[path] = normal  # type: ignore[index]  # a str: _normalize checked it
+    _normalised[path] = normal
     return normal
 
 

@@ -10,6 +10,7 @@ Profiles: ``ci`` (default) and ``long`` (``HYPOTHESIS_PROFILE=long``) for local 
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import uuid
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from sqlstore import SQLFileStore
+from sqlstore import paths as store_paths
 
 settings.register_profile(
     "ci",
@@ -244,3 +246,27 @@ def test_store_matches_the_model(engine: sa.Engine, backend: str) -> None:
     tried = TRIED[backend] - before
     print(f"\n{backend}: {tried} operations tried ({PROFILE} profile)")
     assert tried > 0
+
+
+def test_every_short_path_normalises_as_the_contract_says() -> None:
+    """Every path of up to six characters from the ones that matter to normalisation
+    (``sqlstore.paths.normalize`` proves most paths normal with substring tests and sends only
+    the rest to ``normpath``: this checks both ways against the independent model)."""
+    checked = 0
+    for length in range(7):
+        for letters in itertools.product("a./\\", repeat=length):
+            path = "".join(letters)
+            store_paths._normalised.clear()  # the cache would answer for a spelling seen before
+            try:
+                expected: str | type[Exception] = normalize(path)
+            except Escapes:
+                expected = ValueError
+            try:
+                got: str | type[Exception] = store_paths.normalize(path)
+            except ValueError:
+                got = ValueError
+            assert got == expected, path
+            if got is not ValueError:
+                assert store_paths.normalize(path) == got, path  # the cache's answer now
+            checked += 1
+    assert checked == sum(4**n for n in range(7))
