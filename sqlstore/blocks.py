@@ -2,9 +2,10 @@
 
 A lock block is a transaction that every store call of its owner joins, through any
 store on the same engine. The owner is the caller that opened it: one thread and, when
-an asyncio event loop runs in that thread, one task. Blocks are kept in a
-``contextvars`` variable, so they follow the caller's context: another thread never
-sees them, and neither does a task created before the block opened.
+an asyncio event loop runs in that thread, one task. Each database keeps its blocks in a
+``contextvars`` variable of its own (:class:`Blocks`), so they follow the caller's
+context: another thread never sees them, and neither does a task created before the
+block opened.
 
 A context can also be copied *while* a block is open (``asyncio.create_task`` or
 ``asyncio.to_thread`` inside the block, or a ``fork``). The copy sees the block but is
@@ -17,10 +18,9 @@ the block is over (:attr:`Block.done`), so its calls run on their own too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from threading import get_ident
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from . import forking
@@ -29,10 +29,6 @@ if TYPE_CHECKING:
     from .connection import PooledConnection
 
 Owner = tuple[int, object]
-
-_open: ContextVar[Mapping[object, Block]] = ContextVar(
-    "sqlstore_lock_blocks", default=MappingProxyType({})
-)
 
 
 def owner() -> Owner:
@@ -46,7 +42,8 @@ def owner() -> Owner:
 class Block:
     """An open lock block: its connection (and transaction), and what it holds.
 
-    A plain class with slots, not a dataclass: one is made on every lock.
+    A plain class with slots, not a dataclass: one is made on every lock, as the lock's
+    context manager itself (a subclass), and filled in by :meth:`open`.
 
     Attributes:
         conn: The connection carrying the block's transaction.
@@ -80,19 +77,14 @@ class Block:
         "witness",
     )
 
-    def __init__(
-        self,
-        conn: PooledConnection,
-        held: set[bytes],
-        active: set[bytes],
-        *,
-        witness: object = None,
-    ) -> None:
+    def open(self, conn: PooledConnection, key: bytes, witness: object = None) -> None:
+        """Start the block on ``conn``, which holds the lock ``key`` now."""
         self.conn = conn
-        self.held = held
-        self.active = active
+        self.held = {key}
+        self.active = {key}
         self.depth = 0
-        self.owner: Owner = owner()
+        loop = asyncio._get_running_loop()  # owner(), written out: one block per lock
+        self.owner: Owner = get_ident(), None if loop is None else asyncio.current_task(loop)
         self.generation = forking.generation
         self.when_done: list[Callable[[], None]] = []
         self.failed: Exception | None = None
@@ -105,34 +97,38 @@ class Block:
         return self.generation != forking.generation
 
 
-def current(database: object) -> Block | None:
-    """The caller's own open block on ``database``, if any."""
-    blocks = _open.get()
-    if not blocks:
-        return None  # the common case: no block anywhere in this context
-    block = blocks.get(database)
-    # owner() and Block.inherited written out: this runs on every call inside a block.
-    if block is None or block.done or block.generation != forking.generation:
-        return None
-    loop = asyncio._get_running_loop()
-    if block.owner != (get_ident(), None if loop is None else asyncio.current_task(loop)):
-        return None
-    return block
+class Blocks:
+    """The caller's open lock block on one database, kept in a context variable.
 
+    One variable per database, not one shared mapping: opening a block sets it, with
+    no mapping to copy, and a call finds its block with no lookup by database.
+    """
 
-Entered = tuple[Token[Mapping[object, Block]], Mapping[object, Block]]
+    __slots__ = ("_open",)
 
+    def __init__(self, name: str) -> None:
+        # Made once per engine (not per call), so the context variables stay few.
+        self._open: ContextVar[Block | None] = ContextVar(name, default=None)
 
-def enter(database: object, block: Block) -> Entered:
-    """Make ``block`` the caller's block on ``database`` until :func:`leave`."""
-    before = _open.get()
-    return _open.set({**before, database: block}), before
+    def current(self) -> Block | None:
+        """The caller's own open block, if any."""
+        block = self._open.get()
+        # owner() and Block.inherited written out: this runs on every call.
+        if block is None or block.done or block.generation != forking.generation:
+            return None  # None at once: no block open in this context (most calls)
+        loop = asyncio._get_running_loop()
+        if block.owner != (get_ident(), None if loop is None else asyncio.current_task(loop)):
+            return None
+        return block
 
+    def enter(self, block: Block) -> Token[Block | None]:
+        """Make ``block`` the caller's block until :meth:`leave`."""
+        return self._open.set(block)
 
-def leave(entered: Entered) -> None:
-    """Undo :func:`enter`."""
-    token, before = entered
-    try:
-        _open.reset(token)
-    except ValueError:  # left in another context than it was entered in
-        _open.set(before)
+    def leave(self, entered: Token[Block | None]) -> None:
+        """Undo :meth:`enter`."""
+        try:
+            self._open.reset(entered)
+        except ValueError:  # left in another context than it was entered in
+            before = entered.old_value
+            self._open.set(None if before is Token.MISSING else before)

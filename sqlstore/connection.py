@@ -65,6 +65,7 @@ class PooledConnection:
         "_kept",
         "_restore",
         "_strategy",
+        "_writer",
         "closed",
         "deferral",
         "in_block",
@@ -85,6 +86,13 @@ class PooledConnection:
         # reuse it parked, where the driver makes cursors in Python (psycopg: a cursor
         # made and closed per statement cost more than the rest of the call).
         self._kept: Any = dbapi.cursor() if strategy.reuses_cursors else None
+        #: The cursor for statements that return no rows: the kept one, or one of their
+        #: own where only those reuse a cursor (DialectStrategy.reuses_write_cursor).
+        self._writer: Any = (
+            self._kept
+            if self._kept is not None or not strategy.reuses_write_cursor
+            else dbapi.cursor()
+        )
         #: The driver connection's way to run statements without parameters and with
         #: no cursor (see DialectStrategy.simple_queries), where it has one; only for
         #: statements nobody observes.
@@ -127,7 +135,7 @@ class PooledConnection:
         if self.deferral is not None:
             self.deferral.defer(statement, params, label)
             return
-        kept = self._kept
+        kept = self._writer
         if kept is not None and self.observer is None:
             try:
                 kept.execute(statement.sql, statement.args(params))
@@ -231,10 +239,13 @@ class PooledConnection:
         return None if row is None else statement.convert(row)
 
     def _drop_kept(self) -> None:
-        """Make a new cursor for the next statement: this one's state is unknown."""
-        kept, self._kept = self._kept, None
-        with contextlib.suppress(Exception):  # the statement's own error is what counts
-            kept.close()
+        """Make new cursors for the next statements: a kept one's state is unknown."""
+        kept, writer = self._kept, self._writer
+        self._kept = self._writer = None
+        for cursor in (kept, writer):
+            if cursor is not None:
+                with contextlib.suppress(Exception):  # the statement's error is what counts
+                    cursor.close()
 
     def all(self, statement: Statement, params: Params = None) -> list[Sequence[Any]]:
         """Run a query and return all rows, converted."""
@@ -295,7 +306,7 @@ class PooledConnection:
             if simple is not None:
                 simple(sql.encode())
                 return
-            kept = self._kept
+            kept = self._writer
             if kept is not None:
                 try:
                     kept.execute(sql)
@@ -384,8 +395,8 @@ class PooledConnection:
 
     def new_deferral(self, *, begin: bool) -> Deferral | None:
         """The dialect's way of sending statements ahead, unless statements are observed."""
-        if self.observer is not None:
-            return None  # listeners see each statement as it runs
+        if self.observer is not None or not self._strategy.sends_ahead:
+            return None  # listeners see each statement as it runs, or the dialect can't
         return self._strategy.deferral(self, begin=begin)
 
     def rollback_quietly(self) -> None:

@@ -24,6 +24,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import Token
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,7 +35,7 @@ from sqlalchemy.engine import URL
 
 from . import blocks, forking, observing, pooling
 from .blocks import Block
-from .connection import PooledConnection, StatementFailed
+from .connection import Params, PooledConnection, StatementFailed
 from .dialects import DialectStrategy, strategy_for
 from .dialects.base import timeout_seconds
 from .errors import (
@@ -84,6 +85,8 @@ class Database:
         self._revision = Statement.of(select(_VERSION.c.version_num), engine.dialect)
         self._schema_ok = False
         self._schema_lock = threading.Lock()
+        #: The callers' open lock blocks on this engine.
+        self.blocks = blocks.Blocks(f"sqlstore_lock_block_{id(self):x}")
         pooling.install(engine, strategy, timeouts)
         forking.register(self)
 
@@ -113,9 +116,9 @@ class Database:
             LockTimeoutError: a lock wait inside ``work`` ran out.
             SchemaError: the schema is missing or at another revision.
         """
-        block = blocks.current(self)  # None at once where no block is open (most calls)
+        block = self.blocks.current()  # None at once where no block is open (most calls)
         if block is not None:
-            return self._in_block(block, work)
+            return self.run_in_block(block, work)
         # The plain call, written out for speed (it is most calls): a connection an
         # earlier call parked, the work, the connection parked again. Anything else
         # (none parked, the schema unchecked, a failure) goes the general way.
@@ -159,10 +162,10 @@ class Database:
             when_done: Called once the caller's lock block commits or rolls back (if the
                 call is made in one; once per block however often it is given).
         """
-        block = blocks.current(self)
+        block = self.blocks.current()
         if block is None:
             return self.run(work)
-        result = self._in_block(block, work)
+        result = self.run_in_block(block, work)
         callbacks = block.when_done
         if when_done not in callbacks:
             callbacks.append(when_done)
@@ -170,27 +173,66 @@ class Database:
 
     def block(self) -> Block | None:
         """The caller's open lock block on this engine, if any."""
-        return blocks.current(self)
+        return self.blocks.current()
 
-    def _in_block(self, block: Block, work: Callable[[PooledConnection], T]) -> T:
+    def run_in_block(self, block: Block, work: Callable[[PooledConnection], T]) -> T:
+        """Run ``work`` in ``block``, the caller's open lock block (:meth:`block`).
+
+        For a caller that looked its block up already; :meth:`run` does both.
+        """
         conn = block.conn
         if conn.closed:
-            raise DatabaseError(
-                f"the lock block's connection to {self.safe_url} was lost; the block rolls back"
-            )
+            raise self._lost_in_block()
         try:
             return work(conn)
         except (self._dbapi_error, StatementFailed) as exc:
-            error, label = _unwrap(exc)
-            if self.strategy.is_timeout(error):
-                conn.invalidate(error)  # this connection only: the server is alive
-            elif self._is_disconnect(error, conn):
-                self._discard(conn, error)
-            # A failed statement spoils the block (PostgreSQL aborts its transaction):
-            # even if the caller goes on, the block rolls back when it ends.
-            translated = self.translate(error, label=label)
-            block.failed = block.failed or translated
+            error, translated = self._failed_in_block(block, exc)
             raise translated from error
+
+    def defer_in_block(
+        self,
+        block: Block,
+        statements: Sequence[Statement],
+        params: Params,
+        label: str,
+        when_done: Callable[[], None],
+    ) -> None:
+        """Defer a change's statements in the caller's open ``block`` (see :meth:`run_write`).
+
+        The lock block's share of :meth:`run_write`, written out: a store's writes and
+        deletes inside a block (most of an SDK append) take this way.
+        """
+        conn = block.conn
+        if conn.closed:
+            raise self._lost_in_block()
+        try:
+            for statement in statements:
+                conn.defer(statement, params, label)
+        except (self._dbapi_error, StatementFailed) as exc:
+            error, translated = self._failed_in_block(block, exc)
+            raise translated from error
+        callbacks = block.when_done
+        if when_done not in callbacks:
+            callbacks.append(when_done)
+
+    def _lost_in_block(self) -> DatabaseError:
+        return DatabaseError(
+            f"the lock block's connection to {self.safe_url} was lost; the block rolls back"
+        )
+
+    def _failed_in_block(self, block: Block, exc: Exception) -> tuple[Exception, Exception]:
+        """The driver's error behind ``exc`` (raised in ``block``), and what to raise."""
+        error, label = _unwrap(exc)
+        conn = block.conn
+        if self.strategy.is_timeout(error):
+            conn.invalidate(error)  # this connection only: the server is alive
+        elif self._is_disconnect(error, conn):
+            self._discard(conn, error)
+        # A failed statement spoils the block (PostgreSQL aborts its transaction):
+        # even if the caller goes on, the block rolls back when it ends.
+        translated = self.translate(error, label=label)
+        block.failed = block.failed or translated
+        return error, translated
 
     def _attempts(
         self,
@@ -377,7 +419,7 @@ class Database:
             LockTimeoutError: not acquired within ``timeout``, or already held by the caller.
             DatabaseError: the database failed; nothing of the block is committed.
         """
-        block = blocks.current(self)  # None at once where no block is open
+        block = self.blocks.current()  # None at once where no block is open
         if block is None:
             return (
                 _OuterBlock(self, key, timeout)
@@ -388,8 +430,10 @@ class Database:
             raise LockTimeoutError(f"{label!r} is already locked by this caller")
         return self._nested(block, key, timeout, read, release_late)
 
-    def _begin_block(self, key: bytes, timeout: float, opener: _Opener | None = None) -> Block:
-        """Take a connection, open the block's transaction and its lock; the open block.
+    def _begin_block(
+        self, block: Block, key: bytes, timeout: float, opener: _Opener | None = None
+    ) -> None:
+        """Take a connection, open the block's transaction and its lock; open ``block``.
 
         ``opener``: opens it instead of the strategy's ``begin_locked``.
         """
@@ -416,7 +460,8 @@ class Database:
                 witness = begin_locked(conn, key, timeout)
                 # From here the block's writes travel ahead of the answers (if the
                 # dialect can).
-                conn.deferral = conn.new_deferral(begin=False)
+                if strategy.sends_ahead:
+                    conn.deferral = conn.new_deferral(begin=False)
             except BaseException as exc:
                 failed = (conn, exc)
         if conn is None or failed is not None:
@@ -437,7 +482,7 @@ class Database:
             finally:
                 pooling.reset_deadline(bounded)
         conn.in_block = True
-        return Block(conn, {key}, {key}, witness=witness)
+        block.open(conn, key, witness)
 
     def _close_block(self, block: Block) -> None:
         """Give the block's connection back (a forked child lets go of it untouched)."""
@@ -571,7 +616,7 @@ class Database:
 
         def undo() -> None:
             if not conn.closed:
-                self._in_block(block, lambda c: c.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
+                self.run_in_block(block, lambda c: c.sql(f"ROLLBACK TO SAVEPOINT {savepoint}"))
                 block.failed = failed_before  # what failed in it was undone with it
 
         try:
@@ -579,7 +624,7 @@ class Database:
             # DialectStrategy.enter_nested for why the lock has a savepoint of its own).
             taking = None if key in block.held else key
             try:
-                row = self._in_block(
+                row = self.run_in_block(
                     block, lambda c: self.strategy.enter_nested(c, savepoint, taking, timeout, read)
                 )
             except BaseException:
@@ -590,11 +635,11 @@ class Database:
                 yield row
                 if release_late:
                     release = self.statements.release_savepoint(savepoint)
-                    self._in_block(block, lambda c: c.defer(release))
+                    self.run_in_block(block, lambda c: c.defer(release))
                 else:
                     # Writes sent ahead in the block are answered here at the latest: one
                     # refused leaves the block by its error, as if raised at its call.
-                    self._in_block(block, lambda c: c.sql(f"RELEASE SAVEPOINT {savepoint}"))
+                    self.run_in_block(block, lambda c: c.sql(f"RELEASE SAVEPOINT {savepoint}"))
             except BaseException:
                 undo()
                 raise
@@ -736,15 +781,19 @@ class Database:
         self.engine.dispose(close=False)
 
 
-class _OuterBlock:
-    """The context manager of an outermost lock block (a class: it runs on every lock)."""
+class _OuterBlock(Block):
+    """An outermost lock block, as its context manager (one object per lock).
 
-    __slots__ = ("_block", "_db", "_entered", "_key", "_opener", "_row", "_timeout")
+    Entered once: another block on the same path is another ``lock()``.
+    """
+
+    __slots__ = ("_db", "_entered", "_key", "_opener", "_row", "_timeout")
 
     def __init__(self, db: Database, key: bytes, timeout: float) -> None:
         self._db = db
         self._key = key
         self._timeout = timeout
+        self._entered: Token[Block | None] | None = None
         #: Opens the block instead of the strategy's ``begin_locked`` (a reading block).
         self._opener: _Opener | None = None
         #: The block's value: the read's first row, for a reading block.
@@ -752,12 +801,16 @@ class _OuterBlock:
 
     def __enter__(self) -> Sequence[Any] | None:
         db = self._db
-        block = self._block = db._begin_block(self._key, self._timeout, self._opener)
+        if self._entered is not None:
+            # A block object is the block: entered again, a copied context that still
+            # holds it from its first time would take the second for its own.
+            raise RuntimeError("a lock block is entered once; call lock() again for another")
+        db._begin_block(self, self._key, self._timeout, self._opener)
         try:
-            self._entered = blocks.enter(db, block)
+            self._entered = db.blocks.enter(self)
         except BaseException:
-            db._roll_back(block, RuntimeError("the lock block was not entered"))
-            db._close_block(block)
+            db._roll_back(self, RuntimeError("the lock block was not entered"))
+            db._close_block(self)
             raise
         return self._row
 
@@ -767,15 +820,15 @@ class _OuterBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        db, block = self._db, self._block
+        db = self._db
         try:
-            blocks.leave(self._entered)
+            db.blocks.leave(self._entered)  # type: ignore[arg-type]  # set by __enter__
             if exc is None:
-                db._end(block, commit=True)
+                db._end(self, commit=True)
             else:
-                db._roll_back(block, exc)
+                db._roll_back(self, exc)
         finally:
-            db._close_block(block)
+            db._close_block(self)
 
 
 class _ReadingBlock(_OuterBlock):

@@ -188,6 +188,13 @@ class SQLFileStore:
             depth = len(ancestors)
             params.update(ancestors)
         sql = self._sql
+        db = self._db
+        block = db.blocks.current()
+        if block is not None and len(pieces) == 1:
+            # The schema was checked when the block opened: the statements are known.
+            # What was read ahead is dropped when the block ends (see __init__).
+            db.defer_in_block(block, sql.writes(depth), params, path, self._invalidate)
+            return
 
         def run(conn: PooledConnection) -> None:
             # A tree rule that forbids the write makes it fail in the database (see
@@ -210,7 +217,7 @@ class SQLFileStore:
                     chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}
                     conn.defer(sql.insert_chunk, chunk, path)
 
-        self._db.run_write(run, self._invalidate)
+        db.run_write(run, self._invalidate)
         self._ahead.invalidate()
 
     def _ancestor_params(self, parent: str) -> dict[str, bytes]:
@@ -249,7 +256,9 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
-        if not self._ahead.idle and self._ahead.enabled and self._db.block() is None:
+        db = self._db
+        block = db.blocks.current()
+        if block is None and not self._ahead.idle and self._ahead.enabled:
             ahead = self._read_ahead(path_n)
             if ahead is not None:
                 return ahead
@@ -267,7 +276,7 @@ class SQLFileStore:
             pieces = conn.all(sql.read_chunked, params)
             return b"".join(bytes(piece) for (piece,) in pieces) if pieces else None
 
-        data = self._db.run(run)
+        data = db.run(run) if block is None else db.run_in_block(block, run)
         if data is not None:
             return data
         if self._is_dir(path_n):
@@ -319,7 +328,12 @@ class SQLFileStore:
             "high": low + paths.AFTER_SEP,
         }
         query = self._sql.exists
-        row = self._db.run(lambda conn: conn.first(query, params))
+        db = self._db
+        block = db.blocks.current()
+        if block is None:
+            row = db.run(lambda conn: conn.first(query, params))
+        else:  # the block found once (run would look it up again)
+            row = db.run_in_block(block, lambda conn: conn.first(query, params))
         return bool(row and row[0])
 
     def list(self, path: str) -> list[str]:
@@ -423,7 +437,12 @@ class SQLFileStore:
                 "high": low + paths.AFTER_SEP,
             }
             delete = sql.delete_path
-        self._db.run_write(lambda conn: conn.defer(delete, params, path), self._invalidate)
+        db = self._db
+        block = db.blocks.current()
+        if block is not None:
+            db.defer_in_block(block, (delete,), params, path, self._invalidate)
+            return
+        db.run_write(lambda conn: conn.defer(delete, params, path), self._invalidate)
         self._ahead.invalidate()
 
     def get_absolute_path(self, path: str) -> str:

@@ -282,6 +282,32 @@ def test_the_same_path_locked_again_after_a_nested_block_ended(store: SQLFileSto
     assert store.list("") == ["one", "three", "two"]
 
 
+def test_a_lock_is_one_block_entered_once_as_local_file_store_s_is(
+    store: SQLFileStore, tmp_path: Path
+) -> None:
+    """``lock()`` gives one block. Entered again, the reference's (a generator's context
+    manager) fails with whatever contextlib raises; sqlstore's raises RuntimeError and
+    changes nothing. A new ``lock()`` works."""
+    from openhands.sdk.io import LocalFileStore
+
+    refusals: dict[str, type[Exception] | tuple[type[Exception], ...]] = {
+        "local": (AttributeError, RuntimeError),
+        "sqlstore": RuntimeError,
+    }
+    for kind, files in (("local", LocalFileStore(str(tmp_path))), ("sqlstore", store)):
+        block = files.lock("p", timeout=5)
+        with block:
+            files.write("f", "1")
+        with pytest.raises(refusals[kind]), block:
+            files.write("f", "2")
+        assert files.read("f") == "1"
+        with files.lock("p", timeout=5):
+            files.write("f", "3")
+        assert files.read("f") == "3"
+    with pytest.raises(RuntimeError, match="entered once"), block:
+        pass
+
+
 # -- timeouts and release ------------------------------------------------------------------
 
 

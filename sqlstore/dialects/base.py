@@ -73,8 +73,15 @@ class DialectStrategy(ABC):
     #: Whether a connection keeps one cursor for its plain statements (where the driver
     #: makes cursors in Python and a cursor holds no server state once fetched).
     reuses_cursors: ClassVar[bool] = False
+    #: Whether a connection keeps one cursor for the statements that return no rows
+    #: (writes, deletes, ``BEGIN``, ``COMMIT``) where reads make their own. ``sqlite3``:
+    #: a cursor is cheaper kept than made, but a read left before its last row keeps its
+    #: statement, and so a read snapshot, open until the cursor runs the next one.
+    reuses_write_cursor: ClassVar[bool] = False
+    #: Whether statements can travel ahead of their answers (see :meth:`deferral`).
+    sends_ahead: ClassVar[bool] = False
     #: Whether the driver's connection runs a statement itself (``execute``, making and
-    #: ending its cursor in C, as ``sqlite3`` does): the cheapest way to send ``COMMIT``.
+    #: ending its cursor in C, as ``sqlite3`` does).
     connection_executes: ClassVar[bool] = False
     #: Whether the driver's connection runs statements without parameters with no
     #: cursor at all (sqlstore's ``simple(query: bytes)`` on psycopg connections it
@@ -328,6 +335,8 @@ class DialectStrategy(ABC):
 
     def deferral(self, conn: PooledConnection, *, begin: bool) -> Deferral | None:
         """How ``conn`` sends statements ahead in a transaction, or ``None``: one at a time.
+
+        Only asked where :attr:`sends_ahead` is true.
 
         Args:
             conn: The connection.

@@ -257,6 +257,7 @@ class MySQLStrategy(DialectStrategy):
     # results: a dozen calls), and its default cursor reads a result whole: once
     # fetched, it holds nothing on the server.
     reuses_cursors = True
+    sends_ahead = True
 
     def connect_params(self, cparams: dict[str, Any], connect: float, read: float) -> None:
         cparams["connect_timeout"] = min(

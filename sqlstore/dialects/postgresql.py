@@ -211,6 +211,7 @@ class PostgreSQLStrategy(DialectStrategy):
 
     names = ("postgresql",)
     reuses_cursors = True
+    sends_ahead = True
     simple_queries = True
     max_content_size = (1 << 30) - 1  # bytea's limit
     insert = staticmethod(insert)

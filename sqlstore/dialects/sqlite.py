@@ -50,6 +50,7 @@ class SQLiteStrategy(DialectStrategy):
     names = ("sqlite",)
     max_content_size = 1_000_000_000  # SQLITE_MAX_LENGTH's default
     connection_executes = True
+    reuses_write_cursor = True
     insert = staticmethod(insert)
 
     def __init__(self, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
