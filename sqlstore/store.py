@@ -472,7 +472,8 @@ class SQLFileStore:
         asyncio task if one runs: another task's calls are never part of the block. A
         lock block inside another is a savepoint; its locks are held until the outermost
         block ends. Inside a block, a write or delete may report its error only when
-        the block ends (the block then rolls back whole).
+        the block ends (the block then rolls back whole). What this returns is one block,
+        entered once (as ``LocalFileStore``'s lock): call ``lock()`` again for another.
 
         Args:
             path: The path to lock; it need not exist, and nothing is written for it.
@@ -484,6 +485,7 @@ class SQLFileStore:
             LockTimeoutError: (a ``TimeoutError``) not acquired within ``timeout``
                 seconds, or ``path`` is already locked by this caller.
             ValueError: ``path`` or ``timeout`` is invalid.
+            RuntimeError: (on entering) the returned block was entered before.
             DatabaseError: the database failed; the block's writes are rolled back.
         """
         key = self._lock_keys.get(path) if type(path) is str else None
