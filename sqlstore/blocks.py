@@ -104,11 +104,14 @@ class Blocks:
     no mapping to copy, and a call finds its block with no lookup by database.
     """
 
-    __slots__ = ("_open",)
+    __slots__ = ("_open", "enter")
 
     def __init__(self, name: str) -> None:
         # Made once per engine (not per call), so the context variables stay few.
         self._open: ContextVar[Block | None] = ContextVar(name, default=None)
+        #: Make a block the caller's until :meth:`leave` (the variable's own ``set``,
+        #: called with no Python frame between).
+        self.enter: Callable[[Block | None], Token[Block | None]] = self._open.set
 
     def current(self) -> Block | None:
         """The caller's own open block, if any."""
@@ -120,10 +123,6 @@ class Blocks:
         if block.owner != (get_ident(), None if loop is None else asyncio.current_task(loop)):
             return None
         return block
-
-    def enter(self, block: Block) -> Token[Block | None]:
-        """Make ``block`` the caller's block until :meth:`leave`."""
-        return self._open.set(block)
 
     def leave(self, entered: Token[Block | None]) -> None:
         """Undo :meth:`enter`."""

@@ -138,7 +138,7 @@ class PooledConnection:
         kept = self._writer
         if kept is not None and self.observer is None:
             try:
-                kept.execute(statement.sql, statement.args(params))
+                kept.execute(statement.sql, statement.driver_args(params))
             except Exception as exc:
                 self._drop_kept()
                 raise StatementFailed(exc, label) from exc
@@ -148,16 +148,17 @@ class PooledConnection:
             return
         if self.observer is None and self._strategy.connection_executes:
             try:
-                self._dbapi.execute(statement.sql, statement.args(params))
+                self._dbapi.execute(statement.sql, statement.driver_args(params))
             except Exception as exc:
                 raise StatementFailed(exc, label) from exc
             return
         cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
+            args = statement.driver_args(params)
             if self.observer is not None:
-                observing.execute(self.observer, cursor, statement.sql, statement.args(params))
+                observing.execute(self.observer, cursor, statement.sql, args)
             else:
-                cursor.execute(statement.sql, statement.args(params))
+                cursor.execute(statement.sql, args)
         except Exception as exc:
             raise StatementFailed(exc, label) from exc
         finally:
@@ -170,10 +171,11 @@ class PooledConnection:
             self.deferral.before_read()
         cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
+            args = statement.driver_args(params)
             if self.observer is not None:
-                observing.execute(self.observer, cursor, statement.sql, statement.args(params))
+                observing.execute(self.observer, cursor, statement.sql, args)
             else:
-                cursor.execute(statement.sql, statement.args(params))
+                cursor.execute(statement.sql, args)
         except BaseException:
             cursor.close()
             raise
@@ -225,18 +227,31 @@ class PooledConnection:
             if self.deferral is not None:
                 self.deferral.before_read()
             try:
-                kept.execute(statement.sql, statement.args(params))
+                kept.execute(statement.sql, statement.driver_args(params))
                 found = kept.fetchone()
             except BaseException:
                 self._drop_kept()
                 raise
-            return None if found is None else statement.convert(found)
-        cursor = self.execute(statement, params)
+            if found is None or statement.plain:
+                return found  # type: ignore[no-any-return]
+            return statement.convert(found)
+        # self.execute(), written out: most reads on SQLite come this way.
+        self.statements += 1
+        if self.deferral is not None:
+            self.deferral.before_read()
+        cursor = self._dbapi.cursor()  # not the proxy's: a call less
         try:
+            args = statement.driver_args(params)
+            if self.observer is not None:
+                observing.execute(self.observer, cursor, statement.sql, args)
+            else:
+                cursor.execute(statement.sql, args)
             row = cursor.fetchone()
         finally:
             cursor.close()
-        return None if row is None else statement.convert(row)
+        if row is None or statement.plain:
+            return row  # type: ignore[no-any-return]
+        return statement.convert(row)
 
     def _drop_kept(self) -> None:
         """Make new cursors for the next statements: a kept one's state is unknown."""
@@ -257,7 +272,7 @@ class PooledConnection:
             if self.deferral is not None:
                 self.deferral.before_read()
             try:
-                kept.execute(statement.sql, statement.args(params))
+                kept.execute(statement.sql, statement.driver_args(params))
                 found: list[Sequence[Any]] = kept.fetchall()
             except BaseException:
                 self._drop_kept()

@@ -119,6 +119,10 @@ class Database:
         block = self.blocks.current()  # None at once where no block is open (most calls)
         if block is not None:
             return self.run_in_block(block, work)
+        return self.run_outside(work, check_schema=check_schema)
+
+    def run_outside(self, work: Callable[[PooledConnection], T], *, check_schema: bool = True) -> T:
+        """:meth:`run` for a caller that found it has no lock block open (:meth:`block`)."""
         # The plain call, written out for speed (it is most calls): a connection an
         # earlier call parked, the work, the connection parked again. Anything else
         # (none parked, the schema unchecked, a failure) goes the general way.
@@ -185,6 +189,23 @@ class Database:
             raise self._lost_in_block()
         try:
             return work(conn)
+        except (self._dbapi_error, StatementFailed) as exc:
+            error, translated = self._failed_in_block(block, exc)
+            raise translated from error
+
+    def first_in_block(
+        self, block: Block, statement: Statement, params: Params
+    ) -> Sequence[Any] | None:
+        """A query's first row, converted, read in the caller's open ``block``.
+
+        :meth:`run_in_block` for one query, written out: a store's reads and ``exists``
+        inside a block (the SDK asks ``exists`` first in every append) take this way.
+        """
+        conn = block.conn
+        if conn.closed:
+            raise self._lost_in_block()
+        try:
+            return conn.first(statement, params)
         except (self._dbapi_error, StatementFailed) as exc:
             error, translated = self._failed_in_block(block, exc)
             raise translated from error
@@ -493,7 +514,18 @@ class Database:
             conn.abandon()
         else:
             conn.in_block = False
-            self.release(conn)
+            # self.release(conn), written out: this runs on every lock.
+            pool = conn.pool
+            if (
+                pool is not None
+                and conn.statements < conn.statements_left
+                and not conn.closed
+                and conn.deferral is None
+                and pool is self.engine.pool
+            ):
+                pool.park(conn)
+            else:
+                conn.close()
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn
@@ -510,7 +542,10 @@ class Database:
             spoiled = block.failed if commit else None
             committing = commit and spoiled is None
             try:
-                self._finish(conn, commit=committing, keys=block.held)
+                if conn.deferral is None:  # nothing queued (SQLite): _finish, written out
+                    self.strategy.end(conn, commit=committing, keys=block.held)
+                else:
+                    self._finish(conn, commit=committing, keys=block.held)
             except (self._dbapi_error, StatementFailed) as exc:
                 error = _unwrap(exc)[0]
                 if committing and self.strategy.is_timeout(error):

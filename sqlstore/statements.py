@@ -60,7 +60,17 @@ REFUSALS: dict[str, Callable[[str], OSError]] = {
 class Statement:
     """One Core statement compiled for one dialect, ready for a DBAPI cursor."""
 
-    __slots__ = ("_binds", "_defaults", "_direct", "_getter", "_order", "_plain", "_results", "sql")
+    __slots__ = (
+        "_binds",
+        "_defaults",
+        "_direct",
+        "_getter",
+        "_order",
+        "_results",
+        "driver_args",
+        "plain",
+        "sql",
+    )
 
     def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
         # Expanding parameters (IN lists) are rendered as one bind parameter per value.
@@ -90,7 +100,8 @@ class Statement:
         self._results: list[Processor | None] = [
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
         ]
-        self._plain = all(processor is None for processor in self._results)
+        #: Whether result rows need no processing.
+        self.plain = all(processor is None for processor in self._results)
         # Most statements need neither defaults nor processors: their driver parameters
         # are the caller's dict (named styles) or its values in order (positional ones),
         # taken in C by an itemgetter. This runs for every statement of every call.
@@ -101,16 +112,18 @@ class Statement:
             self._direct = self._direct and order is None
         elif order is not None:
             self._getter = _single(order[0]) if len(order) == 1 else itemgetter(*order)
+        #: :meth:`args` for the parameters of a call (never empty where the statement
+        #: has any): the itemgetter itself where that is all it does, a call less.
+        self.driver_args: Callable[[Mapping[str, Any] | None], Any] = (
+            self._getter  # type: ignore[assignment]  # given a mapping by every caller
+            if self._direct and self._getter is not None
+            else self.args
+        )
 
     @classmethod
     def of(cls, statement: ClauseElement, dialect: Dialect) -> Statement:
         """Compile an ad hoc statement (values may be written into it as literals)."""
         return cls(statement, dialect)
-
-    @property
-    def plain(self) -> bool:
-        """Whether result rows need no processing."""
-        return self._plain
 
     def args(self, params: Mapping[str, Any] | None = None) -> Any:
         """The driver's parameters for ``params`` (names as in the Core statement)."""
@@ -127,7 +140,7 @@ class Statement:
 
     def convert(self, row: Sequence[Any]) -> Sequence[Any]:
         """A result row with SQLAlchemy's result processors applied."""
-        if self._plain:
+        if self.plain:
             return row
         return tuple(
             value if processor is None or value is None else processor(value)
@@ -187,6 +200,7 @@ class Statements:
         self._strategy = strategy
         self._writes: dict[int, Statement] = {}
         self._routed: dict[int, tuple[Statement, ...]] = {}
+        self._one_write: dict[int, tuple[Statement]] = {}
         self._releases: dict[str, Statement] = {}
         #: Whether a write goes as statements a distributed database routes whole to
         #: the one node holding the namespace (see :meth:`writes`); set once the engine's
@@ -309,7 +323,10 @@ class Statements:
         commits in two.
         """
         if not self.routed_writes:
-            return (self.write(depth),)
+            one = self._one_write.get(depth)  # a call less than write(): runs per write
+            if one is None:
+                one = self._one_write[depth] = (self.write(depth),)
+            return one
         found = self._routed.get(depth)
         if found is not None:
             return found

@@ -27,6 +27,8 @@ from .errors import FileTooLargeError
 from .readahead import ReadAhead
 from .statements import ancestor_names
 
+_SEP = paths.SEP
+
 #: Lock keys a store remembers at most (it forgets them all when full).
 _LOCK_KEYS_MAX = 1024
 
@@ -154,7 +156,7 @@ class SQLFileStore:
             FileTooLargeError: the content exceeds the dialect's limit.
             DatabaseError: the database failed.
         """
-        data = _as_bytes(contents)
+        data = contents.encode() if type(contents) is str else _as_bytes(contents)
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"cannot write to the root directory: {path!r}")
@@ -167,14 +169,14 @@ class SQLFileStore:
             )
         ns = self._namespace
         parent, _, name = path_n.rpartition("/")
-        low = paths.dir_key(path_n)
+        low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
         fid = self._fid(path_n)
         size = strategy.chunk_size
         pieces = [data] if size is None or len(data) <= size else _split(data, size)
         params: dict[str, Any] = {
             "fid": fid,
             "ns": ns,
-            "key": paths.dir_key(parent),
+            "key": low.rpartition(_SEP)[0],  # paths.dir_key(parent): no NUL in a name
             "name": name,
             "content": pieces[0],
             "size": len(data),
@@ -184,7 +186,8 @@ class SQLFileStore:
         }
         depth = 0
         if parent:
-            ancestors = self._ancestor_params(parent)
+            # The directory's entry, or _ancestor_params (a call less: most are known).
+            ancestors = self._ancestors.get(parent) or self._ancestor_params(parent)
             depth = len(ancestors)
             params.update(ancestors)
         sql = self._sql
@@ -217,7 +220,10 @@ class SQLFileStore:
                     chunk = {"ns": ns, "fid": fid, "seq": seq, "data": piece}
                     conn.defer(sql.insert_chunk, chunk, path)
 
-        db.run_write(run, self._invalidate)
+        if block is None:
+            db.run_outside(run)  # the block looked up once
+        else:  # chunked, in a block
+            db.run_write(run, self._invalidate)
         self._ahead.invalidate()
 
     def _ancestor_params(self, parent: str) -> dict[str, bytes]:
@@ -276,7 +282,7 @@ class SQLFileStore:
             pieces = conn.all(sql.read_chunked, params)
             return b"".join(bytes(piece) for (piece,) in pieces) if pieces else None
 
-        data = db.run(run) if block is None else db.run_in_block(block, run)
+        data = db.run_outside(run) if block is None else db.run_in_block(block, run)
         if data is not None:
             return data
         if self._is_dir(path_n):
@@ -320,7 +326,7 @@ class SQLFileStore:
         path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             return True
-        low = paths.dir_key(path_n)
+        low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
         params = {
             "fid": self._fid(path_n),
             "ns": self._namespace,
@@ -330,10 +336,10 @@ class SQLFileStore:
         query = self._sql.exists
         db = self._db
         block = db.blocks.current()
-        if block is None:
-            row = db.run(lambda conn: conn.first(query, params))
-        else:  # the block found once (run would look it up again)
-            row = db.run_in_block(block, lambda conn: conn.first(query, params))
+        if block is None:  # the block looked up once (run would look again)
+            row = db.run_outside(lambda conn: conn.first(query, params))
+        else:
+            row = db.first_in_block(block, query, params)
         return bool(row and row[0])
 
     def list(self, path: str) -> list[str]:
@@ -429,7 +435,7 @@ class SQLFileStore:
             params: dict[str, Any] = {"ns": self._namespace}
             delete = sql.delete_namespace
         else:
-            low = paths.dir_key(path_n)
+            low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
             params = {
                 "ns": self._namespace,
                 "fid": self._fid(path_n),
@@ -442,7 +448,7 @@ class SQLFileStore:
         if block is not None:
             db.defer_in_block(block, (delete,), params, path, self._invalidate)
             return
-        db.run_write(lambda conn: conn.defer(delete, params, path), self._invalidate)
+        db.run_outside(lambda conn: conn.defer(delete, params, path))
         self._ahead.invalidate()
 
     def get_absolute_path(self, path: str) -> str:

@@ -129,8 +129,16 @@ class SQLiteStrategy(DialectStrategy):
     def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
         if timeout == self._busy_timeout:
             # The connection waits that long already (the SDK's 30 s lock timeout is
-            # the default busy_timeout): two statements fewer.
-            self._begin_immediate(conn, timeout)
+            # the default busy_timeout): two statements fewer. _begin_immediate,
+            # written out: this runs on every lock.
+            try:
+                conn.command("BEGIN IMMEDIATE")
+            except Exception as exc:
+                if self.is_busy(exc):
+                    raise LockTimeoutError(
+                        f"database write lock not acquired within {timeout}s"
+                    ) from exc
+                raise
             return
         wait = timeout_ms(timeout) if timeout != 0 else 0
         if wait == self.busy_timeout_ms:
