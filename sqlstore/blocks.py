@@ -17,7 +17,8 @@ the block is over (:attr:`Block.done`), so its calls run on their own too.
 
 from __future__ import annotations
 
-import asyncio
+from asyncio import current_task
+from asyncio.events import _get_running_loop
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from threading import get_ident
@@ -27,16 +28,6 @@ from . import forking
 
 if TYPE_CHECKING:
     from .connection import PooledConnection
-
-Owner = tuple[int, object]
-
-
-def owner() -> Owner:
-    """The caller's identity: its thread, and its asyncio task if one is running."""
-    # _get_running_loop answers None where no loop runs, without the cost of an
-    # exception (asyncio.current_task raises then); this runs on every lock.
-    loop = asyncio._get_running_loop()
-    return get_ident(), None if loop is None else asyncio.current_task(loop)
 
 
 class Block:
@@ -52,7 +43,8 @@ class Block:
         active: The keys of the blocks open now (the outermost and the nested ones
             not yet left): only these count as already locked by the caller.
         depth: How many blocks are nested inside the outermost one.
-        owner: The thread and task that opened it.
+        thread: The thread that opened it (``threading.get_ident``).
+        task: The asyncio task that opened it; ``None`` where no event loop ran.
         generation: The fork generation of the process that opened it
             (:data:`sqlstore.forking.generation`; cheaper to compare than a pid, which
             is a system call each time).
@@ -72,7 +64,8 @@ class Block:
         "failed",
         "generation",
         "held",
-        "owner",
+        "task",
+        "thread",
         "when_done",
         "witness",
     )
@@ -83,8 +76,11 @@ class Block:
         self.held = {key}
         self.active = {key}
         self.depth = 0
-        loop = asyncio._get_running_loop()  # owner(), written out: one block per lock
-        self.owner: Owner = get_ident(), None if loop is None else asyncio.current_task(loop)
+        self.thread = get_ident()
+        # _get_running_loop answers None where no loop runs, without the cost of the
+        # exception asyncio.current_task raises then.
+        loop = _get_running_loop()
+        self.task = None if loop is None else current_task(loop)
         self.generation = forking.generation
         self.when_done: list[Callable[[], None]] = []
         self.failed: Exception | None = None
@@ -104,7 +100,7 @@ class Blocks:
     no mapping to copy, and a call finds its block with no lookup by database.
     """
 
-    __slots__ = ("_open", "enter")
+    __slots__ = ("_open", "enter", "leave")
 
     def __init__(self, name: str) -> None:
         # Made once per engine (not per call), so the context variables stay few.
@@ -112,22 +108,28 @@ class Blocks:
         #: Make a block the caller's until :meth:`leave` (the variable's own ``set``,
         #: called with no Python frame between).
         self.enter: Callable[[Block | None], Token[Block | None]] = self._open.set
+        #: Undo :meth:`enter` (the variable's own ``reset``); it raises ``ValueError``
+        #: where the block is left in another context than it was entered in: then
+        #: :meth:`leave_elsewhere`.
+        self.leave: Callable[[Token[Block | None]], None] = self._open.reset
 
     def current(self) -> Block | None:
         """The caller's own open block, if any."""
         block = self._open.get()
-        # owner() and Block.inherited written out: this runs on every call.
-        if block is None or block.done or block.generation != forking.generation:
+        # Block.inherited written out: this runs on every call.
+        if (
+            block is None
+            or block.done
+            or block.generation != forking.generation
+            or block.thread != get_ident()
+        ):
             return None  # None at once: no block open in this context (most calls)
-        loop = asyncio._get_running_loop()
-        if block.owner != (get_ident(), None if loop is None else asyncio.current_task(loop)):
+        loop = _get_running_loop()
+        if block.task is not (None if loop is None else current_task(loop)):
             return None
         return block
 
-    def leave(self, entered: Token[Block | None]) -> None:
-        """Undo :meth:`enter`."""
-        try:
-            self._open.reset(entered)
-        except ValueError:  # left in another context than it was entered in
-            before = entered.old_value
-            self._open.set(None if before is Token.MISSING else before)
+    def leave_elsewhere(self, entered: Token[Block | None]) -> None:
+        """Undo :meth:`enter` in a context other than the one it was entered in."""
+        before = entered.old_value
+        self._open.set(None if before is Token.MISSING else before)

@@ -220,6 +220,10 @@ class PooledConnection:
     def first(self, statement: Statement, params: Params = None) -> Sequence[Any] | None:
         """Run a query and return its first row, converted, or ``None``."""
         kept = self._kept
+        if kept is None and statement.single_row:
+            # A query of one row at most is finished once that row is fetched: it keeps
+            # no read snapshot open on the cursor for statements that return no rows.
+            kept = self._writer
         if kept is not None and self.observer is None:
             # In a transaction with statements sent ahead too: they are answered before
             # the read (see Deferral.before_read).
@@ -235,17 +239,8 @@ class PooledConnection:
             if found is None or statement.plain:
                 return found  # type: ignore[no-any-return]
             return statement.convert(found)
-        # self.execute(), written out: most reads on SQLite come this way.
-        self.statements += 1
-        if self.deferral is not None:
-            self.deferral.before_read()
-        cursor = self._dbapi.cursor()  # not the proxy's: a call less
+        cursor = self.execute(statement, params)
         try:
-            args = statement.driver_args(params)
-            if self.observer is not None:
-                observing.execute(self.observer, cursor, statement.sql, args)
-            else:
-                cursor.execute(statement.sql, args)
             row = cursor.fetchone()
         finally:
             cursor.close()

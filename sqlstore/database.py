@@ -514,18 +514,7 @@ class Database:
             conn.abandon()
         else:
             conn.in_block = False
-            # self.release(conn), written out: this runs on every lock.
-            pool = conn.pool
-            if (
-                pool is not None
-                and conn.statements < conn.statements_left
-                and not conn.closed
-                and conn.deferral is None
-                and pool is self.engine.pool
-            ):
-                pool.park(conn)
-            else:
-                conn.close()
+            self.release(conn)
 
     def _end(self, block: Block, *, commit: bool) -> None:
         conn = block.conn
@@ -542,10 +531,7 @@ class Database:
             spoiled = block.failed if commit else None
             committing = commit and spoiled is None
             try:
-                if conn.deferral is None:  # nothing queued (SQLite): _finish, written out
-                    self.strategy.end(conn, commit=committing, keys=block.held)
-                else:
-                    self._finish(conn, commit=committing, keys=block.held)
+                self._finish(conn, commit=committing, keys=block.held)
             except (self._dbapi_error, StatementFailed) as exc:
                 error = _unwrap(exc)[0]
                 if committing and self.strategy.is_timeout(error):
@@ -857,7 +843,10 @@ class _OuterBlock(Block):
     ) -> None:
         db = self._db
         try:
-            db.blocks.leave(self._entered)  # type: ignore[arg-type]  # set by __enter__
+            try:
+                db.blocks.leave(self._entered)  # type: ignore[arg-type]  # set by __enter__
+            except ValueError:  # left in another context than it was entered in
+                db.blocks.leave_elsewhere(self._entered)  # type: ignore[arg-type]
             if exc is None:
                 db._end(self, commit=True)
             else:

@@ -69,10 +69,13 @@ class Statement:
         "_results",
         "driver_args",
         "plain",
+        "single_row",
         "sql",
     )
 
-    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
+    def __init__(
+        self, statement: ClauseElement, dialect: Dialect, *, single_row: bool = False
+    ) -> None:
         # Expanding parameters (IN lists) are rendered as one bind parameter per value.
         compiled = cast(
             SQLCompiler,
@@ -102,6 +105,9 @@ class Statement:
         ]
         #: Whether result rows need no processing.
         self.plain = all(processor is None for processor in self._results)
+        #: Whether it returns one row at most (a key lookup, ``EXISTS``, ``LIMIT 1``):
+        #: a cursor that fetched its first row has then finished it.
+        self.single_row = single_row
         # Most statements need neither defaults nor processors: their driver parameters
         # are the caller's dict (named styles) or its values in order (positional ones),
         # taken in C by an itemgetter. This runs for every statement of every call.
@@ -198,9 +204,9 @@ class Statements:
     def __init__(self, dialect: Dialect, strategy: DialectStrategy) -> None:
         self._dialect = dialect
         self._strategy = strategy
-        self._writes: dict[int, Statement] = {}
+        #: write(depth) by depth, as the one statement writes(depth) returns.
+        self._writes: dict[int, tuple[Statement]] = {}
         self._routed: dict[int, tuple[Statement, ...]] = {}
-        self._one_write: dict[int, tuple[Statement]] = {}
         self._releases: dict[str, Statement] = {}
         #: Whether a write goes as statements a distributed database routes whole to
         #: the one node holding the namespace (see :meth:`writes`); set once the engine's
@@ -214,7 +220,7 @@ class Statements:
         # Every statement names the namespace, the leading key column: each one
         # touches one partition (or shard) of a database partitioned by namespace.
         by_id = and_(_ns, _f.file_id == bindparam("fid"))
-        self.read = compile_(select(_f.content, _f.chunk_count).where(by_id))
+        self.read = compile_(select(_f.content, _f.chunk_count).where(by_id), single_row=True)
         # A chunked file (the row counts chunks): the row and the chunks it counts, in
         # one statement, so one snapshot: a concurrent overwrite can never tear it, in
         # or out of a lock block. Only run for such files; every other read is `read`.
@@ -247,10 +253,11 @@ class Statements:
         self.read_ahead_up = compile_(ahead.where(_f.name >= bindparam("name")).order_by(_f.name))
         # Read as truth values only: typed Integer (the SQL is the same), their rows need
         # no conversion (SQLite's and MySQL's booleans would be converted in Python).
-        self.exists = compile_(
-            select(type_coerce(or_(exists().where(by_id), exists().where(_ns, _in_range)), Integer))
+        file_or_dir = or_(exists().where(by_id), exists().where(_ns, _in_range))
+        self.exists = compile_(select(type_coerce(file_or_dir, Integer)), single_row=True)
+        self.is_dir = compile_(
+            select(type_coerce(exists().where(_ns, _in_range), Integer)), single_row=True
         )
-        self.is_dir = compile_(select(type_coerce(exists().where(_ns, _in_range), Integer)))
 
         # -- list: direct files, the path itself as a file, the first subdirectory --
         kind = literal_column
@@ -271,8 +278,8 @@ class Statements:
 
         self.list_dir = compile_(union_all(direct, itself, first_subdir(_in_range)))
         self.list_root = compile_(union_all(direct, first_subdir(_from_low)))
-        self.next_subdir = compile_(_first_in(_in_range))
-        self.next_subdir_root = compile_(_first_in(_from_low))
+        self.next_subdir = compile_(_first_in(_in_range), single_row=True)
+        self.next_subdir_root = compile_(_first_in(_from_low), single_row=True)
 
         # -- chunks (dialects with a chunk_size) -----------------------------------
         chunk_ns = _c.namespace == bindparam("ns")
@@ -301,8 +308,8 @@ class Statements:
             self.delete_path = compile_(strategy.delete_with_chunks(types, subtree=True))
             self.delete_namespace = compile_(strategy.delete_with_chunks(types, subtree=False))
 
-    def _compile(self, statement: ClauseElement) -> Statement:
-        return Statement(statement, self._dialect)
+    def _compile(self, statement: ClauseElement, *, single_row: bool = False) -> Statement:
+        return Statement(statement, self._dialect, single_row=single_row)
 
     def release_savepoint(self, name: str) -> Statement:
         """``RELEASE SAVEPOINT name``, as a statement that can be sent ahead."""
@@ -323,10 +330,8 @@ class Statements:
         commits in two.
         """
         if not self.routed_writes:
-            one = self._one_write.get(depth)  # a call less than write(): runs per write
-            if one is None:
-                one = self._one_write[depth] = (self.write(depth),)
-            return one
+            one = self._writes.get(depth)  # a call less than write(): runs per write
+            return (self.write(depth),) if one is None else one
         found = self._routed.get(depth)
         if found is not None:
             return found
@@ -380,7 +385,7 @@ class Statements:
         """
         found = self._writes.get(depth)
         if found is not None:
-            return found
+            return found[0]
         content: Any = bindparam("content", type_=Content)
         if depth:
             ancestors = [bindparam(name, type_=FileId) for name in ancestor_names(depth)]
@@ -408,7 +413,7 @@ class Statements:
             replace=("content", "size", "chunk_count"),
             touch="updated_at",
         )
-        return self._writes.setdefault(depth, self._compile(upsert))
+        return self._writes.setdefault(depth, (self._compile(upsert),))[0]
 
 
 __all__ = ["READ_AHEAD_MAX_SIZE", "REFUSALS", "Statement", "Statements", "ancestor_names"]

@@ -535,3 +535,51 @@ def test_sdk_imported_first_also_works() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_store_remembers_the_keys_of_few_paths_and_never_their_files(
+    engine: sa.Engine, store: SQLFileStore
+) -> None:
+    """Paths named again skip their hashing; what they name is read from the database."""
+    other = SQLFileStore(engine, store.namespace)  # another writer of the namespace
+    names = [f"events/event-{i:05d}.json" for i in range(200)]
+    for name in names:
+        store.write(name, name)
+    # Bounded per store: thousands of stores share one process.
+    assert len(store._path_keys) <= 64
+    store.write("marker-1", "")  # remembered now
+    assert store.exists("marker-1")
+    other.delete("marker-1")
+    assert not store.exists("marker-1")
+    other.write("marker-1", "back")
+    assert store.read("marker-1") == "back"
+    # The spellings of one path are one file, remembered or not.
+    assert store.read("/marker-1") == store.read("./marker-1") == "back"
+    store.delete("events")
+    assert [store.exists(name) for name in names[::50]] == [False] * 4
+    assert other.list("") == ["marker-1"]
+
+
+def test_a_read_on_the_kept_cursor_leaves_no_old_snapshot_behind(
+    engine: sa.Engine, store: SQLFileStore
+) -> None:
+    """Reads of one row finish their statement: the next read sees another writer's change.
+
+    (SQLite keeps one cursor per connection for statements that return no rows and for
+    queries of one row at most; a statement left unfinished would pin a WAL snapshot.)
+    """
+    # A connection of its own: on the store's own connection any snapshot is current.
+    writer = sqlstore.create_engine(engine.url)
+    try:
+        other = SQLFileStore(writer, store.namespace)
+        store.write("dir/file", "one")
+        for expected in ("two", "three"):
+            assert store.exists("dir/file") and store.exists("dir")
+            assert store.read("dir/file") != expected
+            other.write("dir/file", expected)
+            assert store.read("dir/file") == expected
+        other.delete("dir")
+        assert not store.exists("dir/file")
+        assert store.list("dir") == []
+    finally:
+        writer.dispose()

@@ -74,9 +74,11 @@ class DialectStrategy(ABC):
     #: makes cursors in Python and a cursor holds no server state once fetched).
     reuses_cursors: ClassVar[bool] = False
     #: Whether a connection keeps one cursor for the statements that return no rows
-    #: (writes, deletes, ``BEGIN``, ``COMMIT``) where reads make their own. ``sqlite3``:
-    #: a cursor is cheaper kept than made, but a read left before its last row keeps its
-    #: statement, and so a read snapshot, open until the cursor runs the next one.
+    #: (writes, deletes, ``BEGIN``, ``COMMIT``) and the queries of one row at most
+    #: (:attr:`~sqlstore.statements.Statement.single_row`), where other reads make their
+    #: own. ``sqlite3``: a cursor is cheaper kept than made, but a read left before its
+    #: last row keeps its statement, and so a read snapshot, open until the cursor runs
+    #: the next one.
     reuses_write_cursor: ClassVar[bool] = False
     #: Whether statements can travel ahead of their answers (see :meth:`deferral`).
     sends_ahead: ClassVar[bool] = False

@@ -127,32 +127,15 @@ class SQLiteStrategy(DialectStrategy):
         conn.sql("BEGIN IMMEDIATE")
 
     def begin_locked(self, conn: PooledConnection, key: bytes, timeout: float) -> None:
-        if timeout == self._busy_timeout:
-            # The connection waits that long already (the SDK's 30 s lock timeout is
-            # the default busy_timeout): two statements fewer. _begin_immediate,
-            # written out: this runs on every lock.
-            try:
-                conn.command("BEGIN IMMEDIATE")
-            except Exception as exc:
-                if self.is_busy(exc):
-                    raise LockTimeoutError(
-                        f"database write lock not acquired within {timeout}s"
-                    ) from exc
-                raise
-            return
-        wait = timeout_ms(timeout) if timeout != 0 else 0
-        if wait == self.busy_timeout_ms:
-            # The connection waits that long already (the SDK's 30 s lock timeout is
-            # the default busy_timeout): two statements fewer.
-            self._begin_immediate(conn, timeout)
-            return
-        conn.sql(f"PRAGMA busy_timeout={wait}")
-        try:
-            self._begin_immediate(conn, timeout)
-        finally:
-            conn.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
-
-    def _begin_immediate(self, conn: PooledConnection, timeout: float) -> None:
+        # The connection waits busy_timeout already; the SDK's 30 s lock timeout is the
+        # default one: then the two PRAGMA statements are left out.
+        wait = None
+        if timeout != self._busy_timeout:
+            wait = timeout_ms(timeout) if timeout != 0 else 0
+            if wait == self.busy_timeout_ms:
+                wait = None
+            else:
+                conn.sql(f"PRAGMA busy_timeout={wait}")
         try:
             conn.command("BEGIN IMMEDIATE")
         except Exception as exc:
@@ -161,6 +144,9 @@ class SQLiteStrategy(DialectStrategy):
                     f"database write lock not acquired within {timeout}s"
                 ) from exc
             raise
+        finally:
+            if wait is not None:
+                conn.sql(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
 
     @contextmanager
     def schema_lock(self, conn: Connection, timeout: float) -> Iterator[None]:
