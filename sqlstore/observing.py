@@ -43,15 +43,18 @@ def wanted(engine: Engine) -> bool:
     """
     if engine._has_events:
         return True
-    if not engine.logger.isEnabledFor(logging.INFO):
-        return False  # the common case, decided by the logger's cached answer
+    logger = engine.logger
+    if type(logger) is not logging.Logger:
+        # SQLAlchemy's logger of an engine with echo set (a plain Logger otherwise):
+        # it answers by the echo flag.
+        return logger.isEnabledFor(logging.INFO)
+    # Asked for first, two attributes: isEnabledFor is a Python call, and under the
+    # SDK's set-up it answers yes for every engine.
     own = _ENGINE_LOGGER.level
     own_class = _ENGINE_CLASS_LOGGER.level
-    return (
-        bool(engine.echo)
-        or logging.NOTSET < own <= logging.INFO
-        or logging.NOTSET < own_class <= logging.INFO
-    )
+    if logging.NOTSET < own <= logging.INFO or logging.NOTSET < own_class <= logging.INFO:
+        return logger.isEnabledFor(logging.INFO)
+    return False
 
 
 class StatementContext:
