@@ -190,10 +190,18 @@ def file_id(namespace: str, path: str) -> bytes:
     return _digest(b"sqlstore-file", namespace, path)
 
 
-def file_ids(namespace: str, person: bytes = b"sqlstore-file") -> Callable[[str], bytes]:
+def file_ids(
+    namespace: str, person: bytes = b"sqlstore-file", *, remember: int = 0
+) -> Callable[[str], bytes]:
     """``file_id`` of ``namespace`` as a function of the path (the namespace hashed once).
 
     With ``person=b"sqlstore-lock"``, ``lock_key`` instead.
+
+    Args:
+        namespace: The namespace.
+        person: The digest's personalisation (which key it makes).
+        remember: Keep the ids of up to this many paths, and forget them all when full
+            (a lookup costs a seventh of hashing); 0 keeps none.
     """
     prefix = hashlib.blake2b(digest_size=16, person=person)
     prefix.update(namespace.encode("utf-8"))
@@ -205,7 +213,22 @@ def file_ids(namespace: str, person: bytes = b"sqlstore-file") -> Callable[[str]
         digest.update(path.encode("utf-8"))
         return digest.digest()
 
-    return of
+    if remember <= 0:
+        return of
+    known: dict[str, bytes] = {}
+
+    def remembered(path: str) -> bytes:
+        found = known.get(path)
+        if found is None:
+            digest = copy()
+            digest.update(path.encode("utf-8"))
+            found = digest.digest()
+            if len(known) >= remember:
+                known.clear()
+            known[path] = found
+        return found
+
+    return remembered
 
 
 def lock_key(namespace: str, path: str) -> bytes:

@@ -31,9 +31,10 @@ _SEP = paths.SEP
 
 #: Lock keys a store remembers at most (it forgets them all when full).
 _LOCK_KEYS_MAX = 1024
-#: Paths whose keys a store remembers at most (it forgets them all when full): the
-#: handful a conversation names again and again (its length marker, base_state.json).
-_PATH_KEYS_MAX = 64
+#: File ids a store remembers at most (it forgets them all when full): enough for the
+#: handful of paths a conversation names again and again (its length marker,
+#: base_state.json).
+_FILE_IDS_MAX = 64
 
 
 class SQLFileStore:
@@ -83,16 +84,13 @@ class SQLFileStore:
         self._sql = self._db.statements
         self._owns_engine = False
         # Per call, only what differs between calls is computed: the namespace is
-        # hashed once, and the ids of the few directories files are written in are kept.
-        self._fid = paths.file_ids(self._namespace)
+        # hashed once, and the ids of the few directories files are written in are kept,
+        # as are those of the paths named lately (the SDK asks whether its length marker
+        # exists, then deletes it: its id is looked up, not hashed again).
+        self._fid = paths.file_ids(self._namespace, remember=_FILE_IDS_MAX)
         self._lock_key = paths.file_ids(self._namespace, b"sqlstore-lock")
         #: Lock keys by the path as given (most locks name a path locked before).
         self._lock_keys: dict[str, bytes] = {}
-        #: (normal path, file id, dir_key of the path) by the path as given: the SDK
-        #: names most paths again within a few calls (it asks whether its length marker
-        #: exists, then deletes it), and hashing the id is most of what a call costs
-        #: before its statement.
-        self._path_keys: dict[str, tuple[str, bytes, bytes]] = {}
         self._ancestors: dict[str, dict[str, bytes]] = {}
 
     @classmethod
@@ -165,8 +163,7 @@ class SQLFileStore:
             DatabaseError: the database failed.
         """
         data = contents.encode() if type(contents) is str else _as_bytes(contents)
-        known = self._path_keys.get(path) if type(path) is str else None
-        path_n, fid, low = self._keys_of(path) if known is None else known
+        path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"cannot write to the root directory: {path!r}")
         strategy = self._db.strategy
@@ -178,6 +175,8 @@ class SQLFileStore:
             )
         ns = self._namespace
         parent, _, name = path_n.rpartition("/")
+        low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
+        fid = self._fid(path_n)
         size = strategy.chunk_size
         pieces = [data] if size is None or len(data) <= size else _split(data, size)
         params: dict[str, Any] = {
@@ -233,24 +232,6 @@ class SQLFileStore:
             db.run_write(run, self._invalidate)
         self._ahead.invalidate()
 
-    def _keys_of(self, path: str) -> tuple[str, bytes, bytes]:
-        """``path`` normalised, its file id and its ``dir_key``, remembered for next time.
-
-        The callers look the path up in ``_path_keys`` themselves first (a call less).
-
-        Raises:
-            TypeError: ``path`` is not a ``str``.
-            ValueError: ``path`` is invalid (see :func:`sqlstore.paths.normalize`).
-        """
-        path_n = paths.normalize(path)
-        keys = path_n, self._fid(path_n), path_n.encode().replace(b"/", _SEP)
-        if type(path) is str:  # a subclass may hash and compare as it likes
-            known = self._path_keys
-            if len(known) >= _PATH_KEYS_MAX:
-                known.clear()
-            known[path] = keys
-        return keys
-
     def _ancestor_params(self, parent: str) -> dict[str, bytes]:
         """The write's parameters ``a0``... : file ids of ``parent`` and the dirs above it."""
         known = self._ancestors
@@ -284,8 +265,7 @@ class SQLFileStore:
             ValueError: ``path`` is invalid.
             DatabaseError: the database failed.
         """
-        known = self._path_keys.get(path) if type(path) is str else None
-        path_n, fid, _ = self._keys_of(path) if known is None else known
+        path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
         db = self._db
@@ -294,7 +274,7 @@ class SQLFileStore:
             ahead = self._read_ahead(path_n)
             if ahead is not None:
                 return ahead
-        params = {"ns": self._namespace, "fid": fid}
+        params = {"ns": self._namespace, "fid": self._fid(path_n)}
         sql = self._sql
 
         def run(conn: PooledConnection) -> bytes | None:
@@ -349,12 +329,12 @@ class SQLFileStore:
             ValueError: ``path`` is invalid.
             DatabaseError: the database failed.
         """
-        known = self._path_keys.get(path) if type(path) is str else None
-        path_n, fid, low = self._keys_of(path) if known is None else known
+        path_n = paths.normalize(path)
         if path_n == paths.ROOT:
             return True
+        low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
         params = {
-            "fid": fid,
+            "fid": self._fid(path_n),
             "ns": self._namespace,
             "low": low,
             "high": low + paths.AFTER_SEP,
@@ -455,16 +435,16 @@ class SQLFileStore:
             ValueError: ``path`` is invalid.
             DatabaseError: the database failed.
         """
-        known = self._path_keys.get(path) if type(path) is str else None
-        path_n, fid, low = self._keys_of(path) if known is None else known
+        path_n = paths.normalize(path)
         sql = self._sql
         if path_n == paths.ROOT:
             params: dict[str, Any] = {"ns": self._namespace}
             delete = sql.delete_namespace
         else:
+            low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
             params = {
                 "ns": self._namespace,
-                "fid": fid,
+                "fid": self._fid(path_n),
                 "low": low,
                 "high": low + paths.AFTER_SEP,
             }

@@ -537,17 +537,15 @@ def test_sdk_imported_first_also_works() -> None:
     assert result.stdout.strip() == "ok", result.stderr
 
 
-def test_a_store_remembers_the_keys_of_few_paths_and_never_their_files(
+def test_a_store_remembers_the_ids_of_paths_and_never_their_files(
     engine: sa.Engine, store: SQLFileStore
 ) -> None:
     """Paths named again skip their hashing; what they name is read from the database."""
     other = SQLFileStore(engine, store.namespace)  # another writer of the namespace
-    names = [f"events/event-{i:05d}.json" for i in range(200)]
+    names = [f"events/event-{i:05d}.json" for i in range(200)]  # more than it keeps
     for name in names:
         store.write(name, name)
-    # Bounded per store: thousands of stores share one process.
-    assert len(store._path_keys) <= 64
-    store.write("marker-1", "")  # remembered now
+    store.write("marker-1", "")
     assert store.exists("marker-1")
     other.delete("marker-1")
     assert not store.exists("marker-1")
@@ -555,9 +553,19 @@ def test_a_store_remembers_the_keys_of_few_paths_and_never_their_files(
     assert store.read("marker-1") == "back"
     # The spellings of one path are one file, remembered or not.
     assert store.read("/marker-1") == store.read("./marker-1") == "back"
+    assert [store.read(name) for name in names[::50]] == names[::50]
     store.delete("events")
     assert [store.exists(name) for name in names[::50]] == [False] * 4
     assert other.list("") == ["marker-1"]
+
+
+def test_remembered_file_ids_are_the_file_ids() -> None:
+    ids = paths.file_ids("ns", remember=3)  # forgets them all every third new path
+    names = [f"d/f{i}" for i in range(10)]
+    for _ in range(3):
+        for name in names + names[:2]:
+            assert ids(name) == paths.file_id("ns", name)
+    assert ids("d/f1") != paths.file_ids("other", remember=3)("d/f1")
 
 
 def test_a_read_on_the_kept_cursor_leaves_no_old_snapshot_behind(
