@@ -43,18 +43,19 @@ def wanted(engine: Engine) -> bool:
     """
     if engine._has_events:
         return True
-    logger = engine.logger
-    if type(logger) is not logging.Logger:
-        # SQLAlchemy's logger of an engine with echo set (a plain Logger otherwise):
-        # it answers by the echo flag.
-        return logger.isEnabledFor(logging.INFO)
-    # Asked for first, two attributes: isEnabledFor is a Python call, and under the
-    # SDK's set-up it answers yes for every engine.
+    # Asked for first: isEnabledFor is a Python call, and under the SDK's set-up it
+    # answers yes for every engine; so is the echo property, read only where the logger
+    # is not a plain Logger (SQLAlchemy gives an engine with echo off a plain one, with
+    # echo on its InstanceLogger; an application's logger class may stand in either).
     own = _ENGINE_LOGGER.level
     own_class = _ENGINE_CLASS_LOGGER.level
-    if logging.NOTSET < own <= logging.INFO or logging.NOTSET < own_class <= logging.INFO:
-        return logger.isEnabledFor(logging.INFO)
-    return False
+    logger = engine.logger
+    asked = (
+        logging.NOTSET < own <= logging.INFO
+        or logging.NOTSET < own_class <= logging.INFO
+        or (type(logger) is not logging.Logger and bool(engine.echo))
+    )
+    return asked and logger.isEnabledFor(logging.INFO)
 
 
 class StatementContext:

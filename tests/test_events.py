@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy.engine import URL
 
 import sqlstore
+from sqlstore import observing
 
 
 @pytest.fixture
@@ -233,3 +234,28 @@ def test_no_listener_no_observer(fresh_engine: sa.Engine, namespace: str) -> Non
     finally:
         db.release(conn)
     store.delete("")
+
+
+def test_inherited_info_logs_nothing_whatever_the_logger_class(migrated_url: URL) -> None:
+    """An application's logger class (``logging.setLoggerClass``) is not an echo flag."""
+
+    class AppLogger(logging.Logger):
+        pass
+
+    logging.setLoggerClass(AppLogger)
+    try:  # an engine with a logging_name gets a logger of its own, made now
+        engine = sqlstore.create_engine(migrated_url, logging_name=f"app{id(AppLogger):x}")
+    finally:
+        logging.setLoggerClass(logging.Logger)
+    parent = logging.getLogger("sqlalchemy")
+    before = parent.level
+    try:
+        assert type(engine.logger) is AppLogger
+        parent.setLevel(logging.INFO)
+        assert engine.logger.isEnabledFor(logging.INFO)  # plain SQLAlchemy would log
+        assert not observing.wanted(engine)
+        engine.echo = True  # SQLAlchemy's own switch still counts
+        assert observing.wanted(engine)
+    finally:
+        parent.setLevel(before)
+        engine.dispose()
