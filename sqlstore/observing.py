@@ -30,6 +30,7 @@ from sqlalchemy.sql.util import _repr_params
 #: The loggers whose own level asks for statement logging (SQLAlchemy's documented way).
 _ENGINE_LOGGER = logging.getLogger("sqlalchemy.engine")
 _ENGINE_CLASS_LOGGER = logging.getLogger("sqlalchemy.engine.Engine")
+_Logger = logging.Logger
 
 
 def wanted(engine: Engine) -> bool:
@@ -43,10 +44,19 @@ def wanted(engine: Engine) -> bool:
     """
     if engine._has_events:
         return True
+    # Most engines: no level set on either logger (NOTSET is 0) and SQLAlchemy's plain
+    # Logger, which it gives an engine with echo off (with echo on, its InstanceLogger).
+    # Three attribute reads say no; anything else is looked at closely.
+    if _ENGINE_LOGGER.level or _ENGINE_CLASS_LOGGER.level or type(engine.logger) is not _Logger:
+        return _asked(engine)
+    return False
+
+
+def _asked(engine: Engine) -> bool:
+    """:func:`wanted` where a level is set or the engine's logger is not a plain one."""
     # Asked for first: isEnabledFor is a Python call, and under the SDK's set-up it
     # answers yes for every engine; so is the echo property, read only where the logger
-    # is not a plain Logger (SQLAlchemy gives an engine with echo off a plain one, with
-    # echo on its InstanceLogger; an application's logger class may stand in either).
+    # is not a plain Logger (an application's logger class may stand in either).
     own = _ENGINE_LOGGER.level
     own_class = _ENGINE_CLASS_LOGGER.level
     logger = engine.logger
