@@ -7,12 +7,15 @@ an asyncio event loop runs in that thread, one task. Each database keeps its blo
 context: another thread never sees them, and neither does a task created before the
 block opened.
 
-A context can also be copied *while* a block is open (``asyncio.create_task`` or
-``asyncio.to_thread`` inside the block, or a ``fork``). The copy sees the block but is
-not its owner, so its calls run on their own: never two callers on one connection. A
-copy run by the owner's own thread after the block ended (``copy_context().run``, a
-``loop.call_soon`` callback scheduled from outside any task) still sees the block, but
-the block is over (:attr:`Block.done`), so its calls run on their own too.
+The variable holds a :class:`Slot` per owner and context, and the slot holds the open
+block, so that opening a block sets no variable once the owner has a slot. A context
+copied from the owner's (``asyncio.create_task`` or ``asyncio.to_thread`` inside the
+block, a task or a ``copy_context()`` made before it, or a ``fork``) shares the slot
+and may see the block, but only its owner joins it: another thread or task, or a
+forked child, runs its calls on their own, never two callers on one connection. A
+copy run by the owner's own thread is the owner (its calls join a block open then);
+once the block is over its slot no longer holds it (and :attr:`Block.done` says so to
+whatever still refers to it).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from asyncio import current_task
 from asyncio.events import _get_running_loop
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from threading import get_ident
 from typing import TYPE_CHECKING
 
@@ -73,8 +76,9 @@ class Block:
     def open(self, conn: PooledConnection, key: bytes, witness: object = None) -> None:
         """Start the block on ``conn``, which holds the lock ``key`` now."""
         self.conn = conn
-        self.held = {key}
-        self.active = {key}
+        # Lists, not sets: a block holds one key or a few (a set costs more to make).
+        self.held = [key]
+        self.active = [key]
         self.depth = 0
         self.thread = get_ident()
         # _get_running_loop answers None where no loop runs, without the cost of the
@@ -93,29 +97,50 @@ class Block:
         return self.generation != forking.generation
 
 
-class Blocks:
-    """The caller's open lock block on one database, kept in a context variable.
+class Slot:
+    """Where one owner's open block is kept, in the contexts that owner runs in.
 
-    One variable per database, not one shared mapping: opening a block sets it, with
-    no mapping to copy, and a call finds its block with no lookup by database.
+    The context variable holds a slot, not the block: opening and closing a block sets
+    and clears the slot's :attr:`block`, and the variable is set only when an owner
+    first opens a block in a context (a set and its reset cost more than the rest of
+    the bookkeeping). A context copied from the owner's shares its slot, and sees what
+    is open in it now, as it sees the block now; a caller that is not the slot's owner
+    (another thread, another task) never writes into it: it sets a slot of its own in
+    its context.
+
+    Attributes:
+        thread: The owner's thread (``threading.get_ident``).
+        task: The owner's asyncio task; ``None`` where no event loop ran.
+        block: The owner's open outermost block, if any.
     """
 
-    __slots__ = ("_open", "enter", "leave")
+    __slots__ = ("block", "task", "thread")
+
+    def __init__(self, thread: int, task: object) -> None:
+        self.thread = thread
+        self.task = task
+        self.block: Block | None = None
+
+
+class Blocks:
+    """The callers' open lock blocks on one database, kept in a context variable.
+
+    One variable per database, not one shared mapping: a call finds its block with no
+    lookup by database.
+    """
+
+    __slots__ = ("_open",)
 
     def __init__(self, name: str) -> None:
         # Made once per engine (not per call), so the context variables stay few.
-        self._open: ContextVar[Block | None] = ContextVar(name, default=None)
-        #: Make a block the caller's until :meth:`leave` (the variable's own ``set``,
-        #: called with no Python frame between).
-        self.enter: Callable[[Block | None], Token[Block | None]] = self._open.set
-        #: Undo :meth:`enter` (the variable's own ``reset``); it raises ``ValueError``
-        #: where the block is left in another context than it was entered in: then
-        #: :meth:`leave_elsewhere`.
-        self.leave: Callable[[Token[Block | None]], None] = self._open.reset
+        self._open: ContextVar[Slot | None] = ContextVar(name, default=None)
 
     def current(self) -> Block | None:
         """The caller's own open block, if any."""
-        block = self._open.get()
+        slot = self._open.get()
+        if slot is None:
+            return None  # None at once: no block ever opened in this context
+        block = slot.block
         # Block.inherited written out: this runs on every call.
         if (
             block is None
@@ -123,13 +148,25 @@ class Blocks:
             or block.generation != forking.generation
             or block.thread != get_ident()
         ):
-            return None  # None at once: no block open in this context (most calls)
+            return None  # no block open (most calls), or not the caller's
         loop = _get_running_loop()
         if block.task is not (None if loop is None else current_task(loop)):
             return None
         return block
 
-    def leave_elsewhere(self, entered: Token[Block | None]) -> None:
-        """Undo :meth:`enter` in a context other than the one it was entered in."""
-        before = entered.old_value
-        self._open.set(None if before is Token.MISSING else before)
+    def enter(self, block: Block) -> tuple[Slot, Block | None]:
+        """Make ``block``, just opened by the caller, the caller's until it is left.
+
+        Returns:
+            What leaving it takes: the slot it is kept in, and the slot's block before
+            (restore it with ``slot.block = before``, in any context).
+        """
+        slot = self._open.get()
+        if slot is None or slot.thread != block.thread or slot.task is not block.task:
+            # This owner's first block in this context (a copied context keeps the
+            # slot of the owner it was copied from, which only that owner writes).
+            slot = Slot(block.thread, block.task)
+            self._open.set(slot)
+        before = slot.block
+        slot.block = block
+        return slot, before

@@ -24,7 +24,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from contextvars import Token
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -608,7 +607,7 @@ class Database:
         except Exception as exc:  # the connection is discarded; `cause` is raised
             cause.__context__ = cause.__context__ or exc
 
-    def _finish(self, conn: PooledConnection, *, commit: bool, keys: set[bytes]) -> None:
+    def _finish(self, conn: PooledConnection, *, commit: bool, keys: list[bytes]) -> None:
         """Commit (everything deferred with it) or roll back, then release session locks."""
         deferral, conn.deferral = conn.deferral, None
         if deferral is not None:
@@ -631,7 +630,7 @@ class Database:
     ) -> Iterator[Sequence[Any] | None]:
         conn = block.conn
         block.depth += 1
-        block.active.add(key)
+        block.active.append(key)
         savepoint = f"sqlstore_{block.depth}"
         failed_before = block.failed
 
@@ -651,7 +650,8 @@ class Database:
             except BaseException:
                 undo()
                 raise
-            block.held.add(key)
+            if taking is not None:
+                block.held.append(key)
             try:
                 yield row
                 if release_late:
@@ -666,7 +666,7 @@ class Database:
                 raise
         finally:
             block.depth -= 1
-            block.active.discard(key)
+            block.active.remove(key)
 
     # -- schema and clock ------------------------------------------------------------
 
@@ -814,7 +814,8 @@ class _OuterBlock(Block):
         self._db = db
         self._key = key
         self._timeout = timeout
-        self._entered: Token[Block | None] | None = None
+        #: Where the block is kept while open, and what was kept there before it.
+        self._entered: tuple[blocks.Slot, Block | None] | None = None
         #: Opens the block instead of the strategy's ``begin_locked`` (a reading block).
         self._opener: _Opener | None = None
         #: The block's value: the read's first row, for a reading block.
@@ -843,10 +844,8 @@ class _OuterBlock(Block):
     ) -> None:
         db = self._db
         try:
-            try:
-                db.blocks.leave(self._entered)  # type: ignore[arg-type]  # set by __enter__
-            except ValueError:  # left in another context than it was entered in
-                db.blocks.leave_elsewhere(self._entered)  # type: ignore[arg-type]
+            slot, before = self._entered  # type: ignore[misc]  # set by __enter__
+            slot.block = before  # see Blocks.enter
             if exc is None:
                 db._end(self, commit=True)
             else:
