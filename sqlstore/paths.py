@@ -71,37 +71,40 @@ def normalize(path: object) -> str:
         ValueError: the path escapes the root, contains NUL, is not encodable as UTF-8
             or is longer than :data:`MAX_PATH_LENGTH` characters.
     """
-    if type(path) is str:
-        found = _normalised.get(path)
-        if found is not None:
-            return found
-        # Most paths are normal already (the SDK writes events/event-00042-<id>.json):
-        # a few substring tests prove it for less than half the cost of normpath, which
-        # converts the path to wide characters and back. Normal: no empty, "." or ".."
-        # part, no leading or trailing "/", nothing to rewrite. Every "." or ".." part
-        # is followed by "/" unless it ends the path, which must not end in ".".
-        if (
-            path
-            and path[0] != "/"
-            and path[-1] not in "/."
-            and "./" not in path
-            and "//" not in path
-            and "\\" not in path
-            and "\x00" not in path
-            and len(path) <= MAX_PATH_LENGTH
-            and path.isascii()
-        ):
-            normal = path
-        else:
-            normal = _normalize(path)
-            if len(path) > MAX_PATH_LENGTH:
-                return normal
-    else:
+    if type(path) is not str:
         return _normalize(path)  # a subclass of str (not cached), or a TypeError
-    if len(_normalised) >= _NORMALISED_MAX:
-        _normalised.clear()
-    _normalised[path] = normal
+    found = _normalised.get(path)
+    if found is not None:
+        return found
+    normal = normal_form(path)
+    if len(path) <= MAX_PATH_LENGTH:
+        if len(_normalised) >= _NORMALISED_MAX:
+            _normalised.clear()
+        _normalised[path] = normal
     return normal
+
+
+def normal_form(path: object) -> str:
+    """:func:`normalize` without its cache (for callers that keep what they need)."""
+    # Most paths are normal already (the SDK writes events/event-00042-<id>.json): a
+    # few substring tests prove it for less than half the cost of normpath, which
+    # converts the path to wide characters and back. Normal: no empty, "." or ".."
+    # part, no leading or trailing "/", nothing to rewrite. Every "." or ".." part is
+    # followed by "/" unless it ends the path, which must not end in ".".
+    if (
+        type(path) is str
+        and path
+        and path[0] != "/"
+        and path[-1] not in "/."
+        and "./" not in path
+        and "//" not in path
+        and "\\" not in path
+        and "\x00" not in path
+        and len(path) <= MAX_PATH_LENGTH
+        and path.isascii()
+    ):
+        return path
+    return _normalize(path)
 
 
 def _normalize(path: object) -> str:
@@ -190,9 +193,7 @@ def file_id(namespace: str, path: str) -> bytes:
     return _digest(b"sqlstore-file", namespace, path)
 
 
-def file_ids(
-    namespace: str, person: bytes = b"sqlstore-file", *, remember: int = 0
-) -> Callable[[str], bytes]:
+def file_ids(namespace: str, person: bytes = b"sqlstore-file") -> Callable[[str], bytes]:
     """``file_id`` of ``namespace`` as a function of the path (the namespace hashed once).
 
     With ``person=b"sqlstore-lock"``, ``lock_key`` instead.
@@ -200,35 +201,27 @@ def file_ids(
     Args:
         namespace: The namespace.
         person: The digest's personalisation (which key it makes).
-        remember: Keep the ids of up to this many paths, and forget them all when full
-            (a lookup costs a seventh of hashing); 0 keeps none.
     """
-    prefix = hashlib.blake2b(digest_size=16, person=person)
-    prefix.update(namespace.encode("utf-8"))
-    prefix.update(SEP)
-    copy = prefix.copy
+    copy = id_prefix(namespace, person).copy
 
     def of(path: str) -> bytes:
         digest = copy()
         digest.update(path.encode("utf-8"))
         return digest.digest()
 
-    if remember <= 0:
-        return of
-    known: dict[str, bytes] = {}
+    return of
 
-    def remembered(path: str) -> bytes:
-        found = known.get(path)
-        if found is None:
-            digest = copy()
-            digest.update(path.encode("utf-8"))
-            found = digest.digest()
-            if len(known) >= remember:
-                known.clear()
-            known[path] = found
-        return found
 
-    return remembered
+def id_prefix(namespace: str, person: bytes = b"sqlstore-file") -> hashlib.blake2b:
+    """The digest of ``namespace`` as every id in it starts; a copy takes the path's UTF-8.
+
+    ``prefix.copy()``, updated with the path's UTF-8, gives :func:`file_id` (or, with
+    ``person=b"sqlstore-lock"``, :func:`lock_key`).
+    """
+    prefix = hashlib.blake2b(digest_size=16, person=person)
+    prefix.update(namespace.encode("utf-8"))
+    prefix.update(SEP)
+    return prefix
 
 
 def lock_key(namespace: str, path: str) -> bytes:

@@ -28,13 +28,20 @@ from .readahead import ReadAhead
 from .statements import ancestor_names
 
 _SEP = paths.SEP
+_AFTER_SEP = paths.AFTER_SEP
 
 #: Lock keys a store remembers at most (it forgets them all when full).
 _LOCK_KEYS_MAX = 1024
-#: File ids a store remembers at most (it forgets them all when full): enough for the
-#: handful of paths a conversation names again and again (its length marker,
-#: base_state.json).
-_FILE_IDS_MAX = 64
+#: Paths whose keys a store remembers at most (it forgets them all when full): the
+#: handful a conversation names again and again (its length marker, base_state.json,
+#: the events directory) and a working set of files besides; about 40 KB at most.
+_KEYS_MAX = 128
+#: Directories whose write parameters a store remembers at most (likewise).
+_PARENTS_MAX = 64
+
+#: What a store remembers of a path: its normal form, its file id and its key as a
+#: directory (``paths.dir_key``).
+_Key = tuple[str, bytes, bytes]
 
 
 class SQLFileStore:
@@ -83,15 +90,21 @@ class SQLFileStore:
         self._engine = engine
         self._sql = self._db.statements
         self._owns_engine = False
+        strategy = self._db.strategy
+        self._max_size = strategy.max_content_size
+        self._chunk_size = strategy.chunk_size
         # Per call, only what differs between calls is computed: the namespace is
-        # hashed once, and the ids of the few directories files are written in are kept,
-        # as are those of the paths named lately (the SDK asks whether its length marker
-        # exists, then deletes it: its id is looked up, not hashed again).
-        self._fid = paths.file_ids(self._namespace, remember=_FILE_IDS_MAX)
+        # hashed once; the keys of the paths named lately are kept (the SDK asks whether
+        # its length marker exists, then deletes it: one lookup, no normalising or
+        # hashing), as are the parameters of the few directories files are written in.
+        self._file_id = paths.file_ids(self._namespace)
+        self._id_prefix = paths.id_prefix(self._namespace).copy
         self._lock_key = paths.file_ids(self._namespace, b"sqlstore-lock")
+        #: Keys by the path as given (see _key).
+        self._keys: dict[str, _Key] = {}
         #: Lock keys by the path as given (most locks name a path locked before).
         self._lock_keys: dict[str, bytes] = {}
-        self._ancestors: dict[str, dict[str, bytes]] = {}
+        self._parents: dict[str, tuple[int, dict[str, Any]]] = {}
 
     @classmethod
     def from_url(
@@ -163,43 +176,36 @@ class SQLFileStore:
             DatabaseError: the database failed.
         """
         data = contents.encode() if type(contents) is str else _as_bytes(contents)
-        path_n = paths.normalize(path)
+        # The path's remembered key, or _key (a call less: most paths are known).
+        path_n, fid, low = (self._keys.get(path) if type(path) is str else None) or self._key(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"cannot write to the root directory: {path!r}")
-        strategy = self._db.strategy
-        limit = strategy.max_content_size
-        if len(data) > limit:
+        if len(data) > self._max_size:
             raise FileTooLargeError(
                 f"{path!r}: {len(data)} bytes exceed the {self._db.name} "
-                f"limit of {limit} bytes; nothing was written"
+                f"limit of {self._max_size} bytes; nothing was written"
             )
         ns = self._namespace
         parent, _, name = path_n.rpartition("/")
-        low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
-        fid = self._fid(path_n)
-        size = strategy.chunk_size
-        pieces = [data] if size is None or len(data) <= size else _split(data, size)
-        params: dict[str, Any] = {
-            "fid": fid,
-            "ns": ns,
-            "key": low.rpartition(_SEP)[0],  # paths.dir_key(parent): no NUL in a name
-            "name": name,
-            "content": pieces[0],
-            "size": len(data),
-            "chunk_count": len(pieces) - 1,
-            "low": low,
-            "high": low + paths.AFTER_SEP,
-        }
-        depth = 0
-        if parent:
-            # The directory's entry, or _ancestor_params (a call less: most are known).
-            ancestors = self._ancestors.get(parent) or self._ancestor_params(parent)
-            depth = len(ancestors)
-            params.update(ancestors)
+        size = self._chunk_size
+        pieces = None if size is None or len(data) <= size else _split(data, size)
+        # The directory's entry, or _parent_params (a call less: most are known). Its
+        # parameters hold every key already: the copy is filled in, never resized.
+        depth, known = self._parents.get(parent) or self._parent_params(parent)
+        params = known.copy()
+        params["fid"] = fid
+        params["name"] = name
+        params["content"] = data
+        params["size"] = len(data)
+        params["low"] = low
+        params["high"] = low + _AFTER_SEP
+        if pieces is not None:
+            params["content"] = pieces[0]
+            params["chunk_count"] = len(pieces) - 1
         sql = self._sql
         db = self._db
         block = db.blocks.current()
-        if block is not None and len(pieces) == 1:
+        if block is not None and pieces is None:
             # The schema was checked when the block opened: the statements are known.
             # What was read ahead is dropped when the block ends (see __init__).
             db.defer_in_block(block, sql.writes(depth), params, path, self._invalidate)
@@ -210,7 +216,7 @@ class SQLFileStore:
             # Statements.write): inside a lock block, possibly only when the block ends.
             # Chosen here, after the engine's schema check, which says how writes go.
             writes = sql.writes(depth)
-            if len(pieces) == 1 and len(writes) == 1:
+            if pieces is None and len(writes) == 1:
                 # One statement, also where contents may be chunked: readers use only
                 # the chunks the row counts, so chunks a larger version left behind are
                 # never read; the next chunked write or the delete removes them.
@@ -219,7 +225,7 @@ class SQLFileStore:
             with conn.transaction():
                 for write in writes:  # the tree rules, then the write (Statements.writes)
                     conn.defer(write, params, path)
-                if len(pieces) == 1:
+                if pieces is None:
                     return
                 conn.defer(sql.delete_chunks, {"ns": ns, "fid": fid}, path)
                 for seq, piece in enumerate(pieces[1:], start=1):
@@ -232,16 +238,41 @@ class SQLFileStore:
             db.run_write(run, self._invalidate)
         self._ahead.invalidate()
 
-    def _ancestor_params(self, parent: str) -> dict[str, bytes]:
-        """The write's parameters ``a0``... : file ids of ``parent`` and the dirs above it."""
-        known = self._ancestors
-        found = known.get(parent)
-        if found is None:
-            ids = [self._fid(a) for a in paths.ancestors(parent + "/")]
-            found = dict(zip(ancestor_names(len(ids)), ids, strict=True))
-            if len(known) >= 64:  # the handful of directories a conversation writes in
+    def _key(self, path: object) -> _Key:
+        """``path``'s normal form, file id and directory key; remembered for a ``str``.
+
+        Raises:
+            TypeError: ``path`` is not a ``str``.
+            ValueError: ``path`` is invalid.
+        """
+        path_n = paths.normal_form(path)  # the store remembers it: no cache twice
+        encoded = path_n.encode()
+        digest = self._id_prefix()  # paths.file_ids, written out: one encoding for both
+        digest.update(encoded)
+        key = (path_n, digest.digest(), encoded.replace(b"/", _SEP))
+        if type(path) is str:  # a subclass of str may compare equal to another path
+            known = self._keys
+            if len(known) >= _KEYS_MAX:
                 known.clear()
-            known[parent] = found
+            known[path] = key
+        return key
+
+    def _parent_params(self, parent: str) -> tuple[int, dict[str, Any]]:
+        """The depth of a write in ``parent``, and the write's parameters there.
+
+        What every write in ``parent`` shares is filled in: ``ns``, ``key`` (``parent``'s
+        directory key), ``chunk_count`` 0 and ``a0``... (the file ids of ``parent`` and
+        the directories above it); the file's own parameters are ``None``.
+        """
+        ids = [self._file_id(a) for a in paths.ancestors(parent + "/")] if parent else []
+        params: dict[str, Any] = dict.fromkeys(("fid", "name", "content", "size", "low", "high"))
+        params.update(ns=self._namespace, key=paths.dir_key(parent), chunk_count=0)
+        params.update(zip(ancestor_names(len(ids)), ids, strict=True))
+        found = (len(ids), params)
+        known = self._parents
+        if len(known) >= _PARENTS_MAX:
+            known.clear()
+        known[parent] = found
         return found
 
     def read(self, path: str) -> str:
@@ -265,7 +296,7 @@ class SQLFileStore:
             ValueError: ``path`` is invalid.
             DatabaseError: the database failed.
         """
-        path_n = paths.normalize(path)
+        path_n, fid, _ = (self._keys.get(path) if type(path) is str else None) or self._key(path)
         if path_n == paths.ROOT:
             raise IsADirectoryError(f"{path!r} is the root directory")
         db = self._db
@@ -274,7 +305,7 @@ class SQLFileStore:
             ahead = self._read_ahead(path_n)
             if ahead is not None:
                 return ahead
-        params = {"ns": self._namespace, "fid": self._fid(path_n)}
+        params = {"ns": self._namespace, "fid": fid}
         sql = self._sql
 
         def run(conn: PooledConnection) -> bytes | None:
@@ -329,16 +360,10 @@ class SQLFileStore:
             ValueError: ``path`` is invalid.
             DatabaseError: the database failed.
         """
-        path_n = paths.normalize(path)
+        path_n, fid, low = (self._keys.get(path) if type(path) is str else None) or self._key(path)
         if path_n == paths.ROOT:
             return True
-        low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
-        params = {
-            "fid": self._fid(path_n),
-            "ns": self._namespace,
-            "low": low,
-            "high": low + paths.AFTER_SEP,
-        }
+        params = {"fid": fid, "ns": self._namespace, "low": low, "high": low + _AFTER_SEP}
         query = self._sql.exists
         db = self._db
         block = db.blocks.current()
@@ -361,8 +386,9 @@ class SQLFileStore:
             DatabaseError: the database failed after retries (transient failures are
                 retried: the SDK treats any error here as an empty directory).
         """
-        path_n = paths.normalize(path)
-        children = self._db.run(lambda conn: self._list(conn, path_n))
+        key = (self._keys.get(path) if type(path) is str else None) or self._key(path)
+        path_n = key[0]
+        children = self._db.run(lambda conn: self._list(conn, key))
         if children is None:
             return [path]
         if children:
@@ -371,14 +397,14 @@ class SQLFileStore:
         prefix = path if not path or path.endswith("/") else path + "/"
         return [prefix + name for name in children]
 
-    def _list(self, conn: PooledConnection, path_n: str) -> builtins.list[str] | None:
+    def _list(self, conn: PooledConnection, path_key: _Key) -> builtins.list[str] | None:
         """The directory's children by name, directories with a trailing ``/``.
 
-        ``None`` if ``path_n`` is a file.
+        ``None`` if the path (of key ``path_key``, see :meth:`_key`) is a file.
         """
         ns = self._namespace
         sql = self._sql
-        key = paths.dir_key(path_n)
+        path_n, fid, key = path_key
         params: dict[str, Any]
         if path_n == paths.ROOT:
             params = {"ns": ns, "key": key, "low": paths.SEP}
@@ -391,7 +417,7 @@ class SQLFileStore:
                 "key": key,
                 "low": key + paths.SEP,
                 "high": key + paths.AFTER_SEP,
-                "fid": self._fid(path_n),
+                "fid": fid,
             }
             rows = conn.all(sql.list_dir, params)
             probe = sql.next_subdir
@@ -435,19 +461,13 @@ class SQLFileStore:
             ValueError: ``path`` is invalid.
             DatabaseError: the database failed.
         """
-        path_n = paths.normalize(path)
+        path_n, fid, low = (self._keys.get(path) if type(path) is str else None) or self._key(path)
         sql = self._sql
         if path_n == paths.ROOT:
             params: dict[str, Any] = {"ns": self._namespace}
             delete = sql.delete_namespace
         else:
-            low = path_n.encode().replace(b"/", _SEP)  # paths.dir_key, written out
-            params = {
-                "ns": self._namespace,
-                "fid": self._fid(path_n),
-                "low": low,
-                "high": low + paths.AFTER_SEP,
-            }
+            params = {"ns": self._namespace, "fid": fid, "low": low, "high": low + _AFTER_SEP}
             delete = sql.delete_path
         db = self._db
         block = db.blocks.current()
@@ -527,7 +547,7 @@ class SQLFileStore:
         :mod:`sqlstore.agent_server`'s fenced writes.
         """
         path_n = paths.normalize(path)
-        params = {"ns": self._namespace, "fid": self._fid(paths.normalize(read))}
+        params = {"ns": self._namespace, "fid": self._key(read)[1]}
         block = self._db.lock_block(
             self._lock_key(path_n),
             timeout,

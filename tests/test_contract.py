@@ -559,13 +559,20 @@ def test_a_store_remembers_the_ids_of_paths_and_never_their_files(
     assert other.list("") == ["marker-1"]
 
 
-def test_remembered_file_ids_are_the_file_ids() -> None:
-    ids = paths.file_ids("ns", remember=3)  # forgets them all every third new path
-    names = [f"d/f{i}" for i in range(10)]
-    for _ in range(3):
-        for name in names + names[:2]:
-            assert ids(name) == paths.file_id("ns", name)
-    assert ids("d/f1") != paths.file_ids("other", remember=3)("d/f1")
+def test_remembered_keys_are_the_keys(store: SQLFileStore) -> None:
+    """What a store keeps of a path is what paths makes of it, through any spelling."""
+    ns = store.namespace
+    names = [f"d/f{i}" for i in range(300)]  # more than a store keeps: it forgets them
+    spellings = ["/e/x", "./e//x", "e\\x", "e/x/../x", "é/ü", ""]
+    for _ in range(2):
+        for name in names + spellings:
+            normal = paths.normalize(name)
+            expected = (normal, paths.file_id(ns, normal), paths.dir_key(normal))
+            assert store._key(name) == expected
+            assert store._keys.get(name, expected) == expected
+    with pytest.raises(ValueError):
+        store._key("../up")
+    assert "../up" not in store._keys
 
 
 def test_a_read_on_the_kept_cursor_leaves_no_old_snapshot_behind(
