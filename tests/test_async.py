@@ -109,6 +109,24 @@ def _suffix() -> str:
     return uuid.uuid4().hex
 
 
+def test_a_context_copied_before_a_block_and_run_in_it_by_its_thread_joins_it(
+    store: SQLFileStore,
+) -> None:
+    """The caller is the thread (no loop runs): a context it runs is the caller too."""
+    store.write("before", "0")  # a block was open and closed in this context before
+    with store.lock("l", timeout=5):
+        pass
+    copied = contextvars.copy_context()
+    with pytest.raises(Boom), store.lock("l", timeout=5):
+        store.write("in", "1")
+        copied.run(store.write, "copied", "2")  # joins the block: no second writer
+        assert copied.run(store.read, "in") == "1"  # sees the block's own write
+        raise Boom
+    assert not store.exists("in")
+    assert not store.exists("copied")  # rolled back with the block
+    assert store.read("before") == "0"
+
+
 def test_a_context_copied_in_a_block_and_run_after_it_calls_on_its_own(
     store: SQLFileStore,
 ) -> None:
