@@ -234,9 +234,7 @@ def lock_key(namespace: str, path: str) -> bytes:
 
 
 def _digest(person: bytes, namespace: str, path: str) -> bytes:
-    digest = hashlib.blake2b(digest_size=16, person=person)
-    digest.update(namespace.encode("utf-8"))
-    digest.update(SEP)
+    digest = id_prefix(namespace, person)
     digest.update(path.encode("utf-8"))
     return digest.digest()
 

@@ -97,7 +97,6 @@ class SQLFileStore:
         # hashed once; the keys of the paths named lately are kept (the SDK asks whether
         # its length marker exists, then deletes it: one lookup, no normalising or
         # hashing), as are the parameters of the few directories files are written in.
-        self._file_id = paths.file_ids(self._namespace)
         self._id_prefix = paths.id_prefix(self._namespace).copy
         self._lock_key = paths.file_ids(self._namespace, b"sqlstore-lock")
         #: Keys by the path as given (see _key).
@@ -264,7 +263,7 @@ class SQLFileStore:
         directory key), ``chunk_count`` 0 and ``a0``... (the file ids of ``parent`` and
         the directories above it); the file's own parameters are ``None``.
         """
-        ids = [self._file_id(a) for a in paths.ancestors(parent + "/")] if parent else []
+        ids = [self._key(a)[1] for a in paths.ancestors(parent + "/")] if parent else []
         params: dict[str, Any] = dict.fromkeys(("fid", "name", "content", "size", "low", "high"))
         params.update(ns=self._namespace, key=paths.dir_key(parent), chunk_count=0)
         params.update(zip(ancestor_names(len(ids)), ids, strict=True))
